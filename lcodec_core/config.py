@@ -1,0 +1,68 @@
+"""Settings of one unlearning run: a frozen dataclass that round-trips to JSON."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+METHODS = ("lfoci", "random", "all", "top1", "full-newton", "finetune", "negrad", "retrain")
+SELECTION_METHODS = ("lfoci", "random", "all", "top1")
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    """How to remove a forget set. Every field has a default that works on the zoo models."""
+    method: str = "lfoci"            # one of METHODS; selection methods feed the block Newton step
+    num_perturbations: int = 100     # m: perturbed copies of each forget image for probing
+    perturbation_std: float = 0.1    # std of Gaussian input noise on the normalised image (paper: 0.1)
+    max_slices: int = 8              # cap on L-FOCI's selection (and size of random selection)
+    rhs: str = "retain_gradient"     # Newton right-hand side: -grad F_r(w) ("retain_gradient") or g_U ("forget_gradient")
+    solver: str = "auto"             # "explicit" block Hessian, "cg" on Hessian-vector products, or "auto" by size
+    explicit_max_params: int = 3000  # "auto" forms the p x p block explicitly up to this p
+    newton_steps: int = 10           # at most this many damped Newton steps (1 = the classic single step)
+    damping: float | None = None     # extra diagonal damping; None: chosen from the data (Levenberg-Marquardt)
+    cg_iterations: int = 50          # conjugate-gradient iterations per step (solver "cg")
+    retain_subsample: int | None = None  # curvature and gradient on a random subsample of this size (None: all)
+    weight_decay: float | None = None    # lam of the objective; None: the checkpoint's recipe value
+    epsilon: float | None = None     # (epsilon, delta)-forgetting target; None: no noise, no guarantee claimed
+    delta: float = 1e-5              # delta of the (epsilon, delta) guarantee
+    hessian_lipschitz: float = 0.25  # M in sigma's gamma (paper's code: 0.25 for cross-entropy)
+    loss_lipschitz: float = 1.0      # L in sigma's gamma (paper's code: 1)
+    noise_on: str = "block"          # where N(0, sigma^2) goes: "block" (the selected P) or "all"
+    baseline_epochs: int = 5         # finetune / negrad epochs
+    baseline_lr: float = 1e-3        # finetune / negrad learning rate
+    seed: int = 0                    # perturbations, random selection, jitter, noise
+    batch_size: int = 256            # probing / evaluation batch size
+
+    def __post_init__(self):
+        checks = [
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}"),
+            (self.num_perturbations >= 3, f"num_perturbations (m) must be >= 3; got {self.num_perturbations}"),
+            (self.perturbation_std >= 0, f"perturbation_std must be >= 0; got {self.perturbation_std}"),
+            (self.max_slices >= 1, f"max_slices must be >= 1; got {self.max_slices}"),
+            (self.rhs in ("retain_gradient", "forget_gradient"),
+             f"rhs must be 'retain_gradient' or 'forget_gradient'; got {self.rhs!r}"),
+            (self.solver in ("auto", "explicit", "cg"), f"solver must be auto, explicit or cg; got {self.solver!r}"),
+            (self.newton_steps >= 1, f"newton_steps must be >= 1; got {self.newton_steps}"),
+            (self.epsilon is None or self.epsilon > 0, f"epsilon must be > 0 or None; got {self.epsilon}"),
+            (0 < self.delta < 1, f"delta must be in (0, 1); got {self.delta}"),
+            (self.noise_on in ("block", "all"), f"noise_on must be 'block' or 'all'; got {self.noise_on!r}"),
+            (self.damping is None or (math.isfinite(self.damping) and self.damping >= 0),
+             f"damping must be >= 0 or None; got {self.damping}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "UnlearnConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; expected some of {sorted(names)}")
+        return cls(**values)
+
+    def with_(self, **changes) -> "UnlearnConfig":
+        return replace(self, **changes)
