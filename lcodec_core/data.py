@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,7 +282,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             data = handle.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt deflate stream
         raise DataError(f"{path} could not be read ({error}); expected an IDX file") from None
     header = 4 + 4 * ndim
     if len(data) < header or data[:2] != b"\x00\x00" or data[2] != 0x08 or data[3] != ndim:

@@ -69,16 +69,18 @@ class MLP(nn.Module):
 def resnet18(num_classes: int, in_channels: int = 1) -> nn.Module:
     """torchvision ResNet-18 for small one-channel images: 3x3 stem, no max-pool, untrained.
 
-    torchvision's BasicBlock reuses one ReLU module twice per forward; each block gets a
-    second ReLU instance here so hooks fire once per module.
+    torchvision's BasicBlock reuses one in-place ReLU module twice per forward; each block
+    gets two ReLU instances here, none in place, so hooks and Captum see every layer once.
     """
     from torchvision.models import resnet
     model = resnet.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    model.relu = nn.ReLU()
     model.maxpool = nn.Identity()
     for block in (b for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
                   for b in layer):
         block.forward = _basic_block_forward.__get__(block)
+        block.relu = nn.ReLU()
         block.relu2 = nn.ReLU()
     return model
 
