@@ -34,7 +34,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from lcodec_core.neighbors import BACKENDS, BLOCK_ELEMENTS, NeighborIndex
+from lcodec_core.neighbors import (
+    BACKENDS,
+    BLOCK_ELEMENTS,
+    NeighborIndex,
+    nearest_in_each_column,
+    nearest_with_extra_column,
+)
 from lcodec_core.ranks import max_ranks
 
 __all__ = ["FociResult", "codec", "foci"]
@@ -42,8 +48,9 @@ __all__ = ["FociResult", "codec", "foci"]
 logger = logging.getLogger(__name__)
 
 JITTER_FRACTION = 1e-3  # jitter s.d. as a share of the smallest non-zero coordinate gap
-FIRST_SCAN = 32  # S-space neighbours scanned per point before the exactness check in foci
-SCAN_GROWTH = 4  # each later round scans this many times more neighbours
+FIRST_SCAN = {1: 128, 2: 32, 3: 24}  # S-neighbours scanned densely per point, by |S| (else 16):
+# the points nearer in S than the joint nearest neighbour number about m^(1/(|S|+1)); these
+# balance the dense scan against finishing the unproven pairs at m ~ 1000 (measured)
 SAFE_MAGNITUDE = 2.0**500  # beyond this (or below its inverse) rescale by a power of two
 
 STOP_REASONS = {
@@ -218,7 +225,8 @@ def foci(
     points in order of D_S(i, .) can stop once D_S(i, k) exceeds the best joint
     distance so far. All candidates are scanned together over the first few S-space
     neighbours, and the few (point, candidate) pairs not yet proven exact are
-    continued with SCAN_GROWTH times longer lists, up to all m - 1 points.
+    continued with longer lists, up to all m - 1 points
+    (``lcodec_core.neighbors.nearest_with_extra_column``).
     """
     generator = _as_generator(rng)
     _check_backend(backend)
@@ -290,14 +298,14 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
         if len(selected) == n_features:
             return FociResult(selected, scores, "all_features_selected")
         index = NeighborIndex(points[:, selected], backend=backend)
-        scan = min(m - 1, FIRST_SCAN)
-        near, near_sq = index.query(scan)  # (m, scan) S-space neighbours, nearest first
-        base = _exact_sum(np.minimum(rank, rank[near[:, 0]]))
+        near = index.query(1)[0][:, 0]  # N(i) in the selected features
+        base = _exact_sum(np.minimum(rank, rank[near]))
         denominator = _exact_sum(rank) - base
         if denominator == 0:
             return FociResult(selected, scores, "y_determined_by_selection")
         candidates = np.setdiff1d(np.arange(n_features), selected)
-        sums = _joint_sums(points, rank_dev, candidates, index, near, near_sq)
+        first_scan = FIRST_SCAN.get(len(selected), 16)
+        sums = _joint_sums(points, rank_dev, candidates, index, first_scan)
         best = int(np.argmax(sums))
         numerator = int(sums[best]) - base
         score = numerator / denominator
@@ -309,103 +317,20 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
 
 
 def _single_feature_sums(points, rank) -> np.ndarray:
-    """sum_i min(R_i, R_M_j(i)) for every column j, M_j the 1-D nearest neighbour.
-
-    One stable sort per column; a point's nearest neighbour is the one before or
-    after it in sorted order (the one before on a tie, as ``neighbors`` "sort").
-    """
-    m, n_features = points.shape
-    block = max(1, BLOCK_ELEMENTS // m)
-    out = []
-    for start in range(0, n_features, block):
-        cols = points[:, start : start + block]  # (m, b)
-        order = _argsort_columns(cols)  # (m, b)
-        values = _take_columns(cols, order)
-        gaps = values[1:] - values[:-1]  # (m - 1, b), >= 0
-        before = gaps[:-1] <= gaps[1:]  # interior positions 1..m-2: take the one before?
-        step = _where(before, -1, 1)
-        position = _arange_like(m, order)[1:-1, None] + step  # (m - 2, b)
-        neighbour_pos = _concat([_ones_row(order, 1), position, _ones_row(order, m - 2)], axis=0)
-        neighbour = _take_columns(order, neighbour_pos)  # (m, b) original row of each neighbour
-        ranks_here = rank[order]
-        out.append(_host(_minimum(ranks_here, rank[neighbour]).sum(0)))
-    return np.concatenate(out).astype(np.int64)
+    """sum_i min(R_i, R_M_j(i)) for every column j, M_j the 1-D nearest neighbour."""
+    nearest = nearest_in_each_column(points)  # (m, D)
+    return _host(_minimum(rank[:, None], rank[nearest]).sum(0)).astype(np.int64)
 
 
-def _joint_sums(points, rank, candidates: np.ndarray, index: NeighborIndex, near: np.ndarray, near_sq: np.ndarray) -> np.ndarray:
-    """sum_i min(R_i, R_M_j(i)) for each candidate j, M_j the neighbour in (A_S, a_j).
-
-    See the Notes of ``foci``. ``near``/``near_sq`` (m, w) are the w nearest S-space
-    neighbours of every point and their exact squared distances D_S(i, k).
-    """
-    m = points.shape[0]
-    w = near.shape[1]
-    near_dev, near_sq_dev = _like(near, points), _like(near_sq, points)
-    block = max(1, BLOCK_ELEMENTS // m)
+def _joint_sums(points, rank, candidates: np.ndarray, index: NeighborIndex, first_scan: int) -> np.ndarray:
+    """sum_i min(R_i, R_M_j(i)) for each candidate j, M_j the neighbour in (A_S, a_j)."""
+    block = max(1, BLOCK_ELEMENTS // points.shape[0])
     out = []
     for start in range(0, candidates.size, block):
         cols = points[:, _index_like(candidates[start : start + block], points)]  # (m, b)
-        best = _full_like(cols, math.inf)  # (m, b) best joint squared distance so far
-        best_at = _zeros_index_like(cols)  # (m, b) its index
-        for t in range(w):
-            k = near_dev[:, t]  # (m,) t-th S-space neighbour of each point
-            joint = cols[k]
-            joint -= cols
-            joint *= joint
-            joint += near_sq_dev[:, t : t + 1]  # D_S(i, k) + (a_j(i) - a_j(k))^2
-            better = joint < best
-            best = _minimum(best, joint)
-            best_at = _where(better, k[:, None], best_at)
-        if w < m - 1:
-            # Unscanned k have D_S(i, k) >= D_S(i, last scanned): exact once best is below.
-            unproven = best >= near_sq_dev[:, w - 1 : w] * (1 - 1e-12)
-            rows, cols_at = (_host(v) for v in _nonzero(unproven))
-            if rows.size:
-                _extend_scan(cols, best, best_at, rows, cols_at, index, w)
-        out.append(_host(_minimum(rank[:, None], rank[best_at]).sum(0)))
+        nearest = nearest_with_extra_column(index, cols, first_scan=first_scan)  # (m, b)
+        out.append(_host(_minimum(rank[:, None], rank[nearest]).sum(0)))
     return np.concatenate(out).astype(np.int64)
-
-
-def _extend_scan(cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray, index: NeighborIndex, scanned: int) -> None:
-    """Finish the (point, candidate) pairs not yet proven exact, in place.
-
-    Each round fetches SCAN_GROWTH times more S-space neighbours for the rows involved
-    and rescans the whole list (so no boundary case is skipped); a pair is done when
-    its best joint distance is below the last listed D_S, or the list holds all m - 1.
-    """
-    m = cols.shape[0]
-    while rows.size:
-        scanned = min(m - 1, scanned * SCAN_GROWTH)
-        order = np.argsort(rows, kind="stable")
-        rows, cols_at = rows[order], cols_at[order]
-        pending_rows, pending_cols = [], []
-        distinct = np.unique(rows)
-        per_chunk = max(1, BLOCK_ELEMENTS // scanned)
-        for start in range(0, distinct.size, per_chunk):
-            chunk = distinct[start : start + per_chunk]
-            near, near_sq = index.query(scanned, chunk)  # (c, scanned)
-            lo = np.searchsorted(rows, chunk[0], side="left")
-            hi = np.searchsorted(rows, chunk[-1], side="right")
-            pair_rows, pair_cols = rows[lo:hi], cols_at[lo:hi]
-            slot = np.searchsorted(chunk, pair_rows)
-            for p0 in range(0, pair_rows.size, per_chunk):
-                r, c, s = pair_rows[p0 : p0 + per_chunk], pair_cols[p0 : p0 + per_chunk], slot[p0 : p0 + per_chunk]
-                r_d, c_d = _like(r, cols), _like(c, cols)
-                k = _like(near[s], cols)  # (p, scanned)
-                joint = cols[k, c_d[:, None]] - cols[r_d, c_d][:, None]
-                joint *= joint
-                joint += _like(near_sq[s], cols)
-                value, at = _min_rows(joint)
-                better = value < best[r_d, c_d]
-                chosen = k[_arange_like(r.size, k), at]
-                best[r_d, c_d] = _where(better, value, best[r_d, c_d])
-                best_at[r_d, c_d] = _where(better, chosen, best_at[r_d, c_d])
-                if scanned < m - 1:
-                    left = _host(best[r_d, c_d] >= _like(near_sq[s, -1], cols) * (1 - 1e-12))
-                    pending_rows.append(r[left])
-                    pending_cols.append(c[left])
-        rows = np.concatenate(pending_rows) if pending_rows else np.empty(0, np.int64)
-        cols_at = np.concatenate(pending_cols) if pending_cols else np.empty(0, np.int64)
 
 
 # ====================================================================== input checks
@@ -559,63 +484,5 @@ def _sort_columns(array):
     return torch.sort(array, dim=0).values if isinstance(array, torch.Tensor) else np.sort(array, axis=0)
 
 
-def _argsort_columns(array):
-    if isinstance(array, torch.Tensor):
-        return torch.argsort(array, dim=0, stable=True)
-    return np.argsort(array, axis=0, kind="stable")
-
-
-def _take_columns(array, indices):
-    if isinstance(array, torch.Tensor):
-        return torch.gather(array, 0, indices)
-    return np.take_along_axis(array, indices, 0)
-
-
-def _arange_like(n: int, reference):
-    if isinstance(reference, torch.Tensor):
-        return torch.arange(n, device=reference.device)
-    return np.arange(n)
-
-
-def _ones_row(reference, value: int):
-    """A (1, b) row filled with ``value``, index dtype, beside ``reference`` (m, b)."""
-    if isinstance(reference, torch.Tensor):
-        return torch.full((1, reference.shape[1]), value, dtype=torch.long, device=reference.device)
-    return np.full((1, reference.shape[1]), value, dtype=np.int64)
-
-
-def _where(condition, a, b):
-    if isinstance(condition, torch.Tensor):
-        return torch.where(condition, torch.as_tensor(a, device=condition.device), torch.as_tensor(b, device=condition.device))
-    return np.where(condition, a, b)
-
-
 def _minimum(a, b):
     return torch.minimum(a, b) if isinstance(a, torch.Tensor) else np.minimum(a, b)
-
-
-def _full_like(reference, value: float):
-    if isinstance(reference, torch.Tensor):
-        return torch.full_like(reference, value)
-    return np.full(reference.shape, value)
-
-
-def _zeros_index_like(reference):
-    if isinstance(reference, torch.Tensor):
-        return torch.zeros(reference.shape, dtype=torch.long, device=reference.device)
-    return np.zeros(reference.shape, dtype=np.int64)
-
-
-def _nonzero(mask):
-    if isinstance(mask, torch.Tensor):
-        return torch.nonzero(mask, as_tuple=True)
-    return np.nonzero(mask)
-
-
-def _min_rows(array):
-    """(min, first argmin) along axis 1."""
-    if isinstance(array, torch.Tensor):
-        at = torch.argmin(array, dim=1)
-        return array.gather(1, at[:, None])[:, 0], at
-    at = np.argmin(array, axis=1)
-    return array[np.arange(array.shape[0]), at], at

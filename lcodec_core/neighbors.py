@@ -33,6 +33,10 @@ need random tie-breaking randomize the row order or jitter the data first.
 
 from __future__ import annotations
 
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -41,7 +45,9 @@ __all__ = [
     "NeighborIndex",
     "choose_backend",
     "faiss_gpu_available",
+    "nearest_in_each_column",
     "nearest_neighbor",
+    "nearest_with_extra_column",
 ]
 
 BACKENDS = ("auto", "sort", "kdtree", "faiss", "torch")
@@ -51,6 +57,10 @@ BLOCK_ELEMENTS = 1 << 23  # elements per (rows, m) or (rows, m, d) block: 64 MiB
 FAISS_EXTRA = 16  # candidates fetched beyond k before the float64 re-check
 FAISS_GPU_MAX_K = 2048  # faiss GPU indexes refuse larger k
 FLOAT32_UNIT = 2.0**-24  # unit roundoff of float32
+SCAN_BLOCK_ELEMENTS = 1 << 17  # (m, columns) tile of the dense scan: cache-sized on a CPU
+PARALLEL_QUERY_MIN = 1 << 16  # kd-tree queries (rows x k) worth spreading over threads
+LIST_QUANTILE = 0.9  # unproven pairs: rows list this quantile of their needed S-neighbours
+ROUNDING_SLACK = 1e-12  # relative slack between float64 distances summed in different orders
 
 
 def faiss_gpu_available() -> bool:
@@ -159,6 +169,13 @@ class NeighborIndex:
 
     # ---------------------------------------------------------------- helpers
     @property
+    def device_points(self) -> torch.Tensor:
+        """The points as a float64 tensor on their device, shape (m, d)."""
+        if self._tensor is None:
+            self._tensor = torch.from_numpy(self._host)
+        return self._tensor
+
+    @property
     def host(self) -> np.ndarray:
         """The points as a C-contiguous float64 host array, shape (m, d)."""
         if self._host is None:
@@ -221,7 +238,8 @@ class NeighborIndex:
         # Querying all points in the tree's own order keeps neighbouring queries in cache.
         every = rows.size == self.n_points and bool(np.all(rows == np.arange(self.n_points)))
         order = self._tree.indices.astype(np.int64) if every else rows
-        _, found = self._tree.query(self.host[order], k=k + 1, workers=-1)
+        workers = -1 if order.size * (k + 1) >= PARALLEL_QUERY_MIN else 1  # threads cost ~1 ms to start
+        _, found = self._tree.query(self.host[order], k=k + 1, workers=workers)
         found = self._drop_self(order, np.asarray(found, np.int64).reshape(order.size, k + 1))
         found, sq = self._finish(order, found, k)
         if not every:
@@ -340,3 +358,361 @@ def nearest_neighbor(points, *, backend: str = "auto") -> np.ndarray:
     """
     found, _ = NeighborIndex(points, backend=backend).query(1)
     return found[:, 0]
+
+
+# ============================================================== many candidate columns
+def nearest_in_each_column(columns):
+    """Exact 1-D nearest neighbour of every point within each column.
+
+    Parameters
+    ----------
+    columns : np.ndarray or torch.Tensor, shape (m, c), float64
+        On the CPU a numpy array, on CUDA a tensor (the result lives beside it).
+
+    Returns
+    -------
+    np.ndarray or torch.Tensor, shape (m, c), int64
+        ``M[i, j] = argmin_{k != i} |columns[i, j] - columns[k, j]|``: the point just
+        before or just after i in the column's stable sort, the one before on a tie
+        (as the ``"sort"`` backend).
+    """
+    m, count = columns.shape
+    if m < 2:
+        raise ValueError(f"columns needs at least 2 rows, got {m}")
+    found = _empty_index(columns.shape, columns)
+    block = max(1, BLOCK_ELEMENTS // m)
+    for start in range(0, count, block):
+        cols = columns[:, start : start + block]  # (m, b)
+        if isinstance(cols, torch.Tensor):
+            values, order = torch.sort(cols, dim=0, stable=True)
+        else:
+            order = np.argsort(cols, axis=0, kind="stable")
+            values = np.take_along_axis(cols, order, 0)
+        gaps = values[1:] - values[:-1]  # (m - 1, b): gaps[p] = sorted[p + 1] - sorted[p] >= 0
+        # position p takes p - 1 when gaps[p - 1] <= gaps[p]; the two ends have one choice
+        step = _where(gaps[:-1] <= gaps[1:], -1, 1)  # (m - 2, b)
+        position = _arange(m, cols)[1:-1, None] + step
+        first = _full_index((1, cols.shape[1]), 1, cols)
+        last = _full_index((1, cols.shape[1]), m - 2, cols)
+        position = _concat([first, position, last])  # (m, b) sorted position of the neighbour
+        if isinstance(cols, torch.Tensor):
+            neighbour = torch.gather(order, 0, position)
+            found[:, start : start + block].scatter_(0, order, neighbour)
+        else:
+            neighbour = np.take_along_axis(order, position, 0)
+            target = found[:, start : start + block]
+            np.put_along_axis(target, order, neighbour, 0)
+    return found
+
+
+def nearest_with_extra_column(index: NeighborIndex, columns, *, first_scan: int = 32):
+    """Exact nearest neighbours in (S, a_j) for many extra columns a_j at once.
+
+    For every column j and point i this finds
+    ``M[i, j] = argmin_{k != i} D_S(i, k) + (a_j(i) - a_j(k))^2``, where D_S is the
+    squared distance among ``index``'s points: the nearest neighbour of point i in the
+    space of the indexed coordinates plus column j, as if each column had its own
+    exact search, but sharing the work between columns.
+
+    Parameters
+    ----------
+    index : NeighborIndex
+        The points in S, shape (m, |S|).
+    columns : np.ndarray (CPU) or torch.Tensor (CUDA), shape (m, c), float64
+        The extra columns a_j.
+    first_scan : int
+        S-neighbours scanned densely for every (point, column) pair.
+
+    Returns
+    -------
+    np.ndarray or torch.Tensor, shape (m, c), int64, beside ``columns``.
+
+    Notes
+    -----
+    Since the joint distance is at least D_S(i, k), scanning k in order of D_S(i, .)
+    can stop as soon as D_S(i, k) exceeds the best joint distance found. All columns
+    are first scanned together over each point's ``first_scan`` nearest in S (dense,
+    in cache-sized tiles; for |S| = 1 the nearest in S are a window of the sorted
+    order, scanned as contiguous slices with each pair serving both its points). The
+    few (point, column) pairs not yet proven exact are finished by ``_scan_pairs``.
+    Exact ties in the joint distance go to the point scanned first.
+    """
+    m, count = columns.shape
+    if index.n_points != m:
+        raise ValueError(f"columns has {m} rows but the index holds {index.n_points} points")
+    on_cuda = isinstance(columns, torch.Tensor)
+    base = index.device_points if on_cuda else index.host  # (m, |S|) the S coordinates
+    if index.dim == 1:
+        window = min(m - 1, max(1, first_scan // 2))  # sorted positions scanned on each side
+        order = np.argsort(index.host[:, 0], kind="stable")
+        values = index.host[order, 0]
+        ahead = np.full(m, np.inf)  # D_S to the first unscanned point on each side
+        behind = np.full(m, np.inf)
+        ahead[: m - window - 1] = (values[window + 1 :] - values[: m - window - 1]) ** 2
+        behind[window + 1 :] = (values[window + 1 :] - values[: m - window - 1]) ** 2
+        threshold = np.empty(m)
+        threshold[order] = np.minimum(ahead, behind)
+        order_d, values_d = _like(order, columns), _like(values, columns)
+
+        def dense(cols):
+            return _sorted_scan(cols, order_d, values_d, window)
+
+    else:
+        near, near_sq = index.query(min(m - 1, first_scan))
+        threshold = near_sq[:, -1]
+        near_d, near_sq_d = _like(near, columns), _like(near_sq, columns)
+
+        def dense(cols):
+            return _dense_scan(cols, near_d, near_sq_d)
+
+    unproven_at = _like(threshold * (1 - ROUNDING_SLACK), columns)[:, None]  # (m, 1)
+    workers = 1 if on_cuda else _cpu_workers()
+    outer = max(1, min(BLOCK_ELEMENTS // m, -(-count // workers)))  # columns per block
+    tile = outer if on_cuda else max(1, SCAN_BLOCK_ELEMENTS // m)  # cache-sized on a CPU
+
+    def one_block(start: int):
+        cols = columns[:, start : start + outer]  # (m, b)
+        scans = [dense(cols[:, t : t + tile]) for t in range(0, cols.shape[1], tile)]
+        best = _concat([b for b, _ in scans], axis=1)  # (m, b) best joint squared distance
+        best_at = _concat([a for _, a in scans], axis=1)  # (m, b) its index
+        rows, cols_at = (_host(v) for v in _nonzero(best >= unproven_at))
+        if rows.size:
+            _scan_pairs(base, cols, best, best_at, rows, cols_at, threshold)
+        return best_at
+
+    starts = range(0, count, outer)
+    if workers == 1 or len(starts) == 1:
+        return _concat([one_block(start) for start in starts], axis=1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy releases the GIL in these loops
+        return _concat(list(pool.map(one_block, starts)), axis=1)
+
+
+def _sorted_scan(cols, order, values, window: int):
+    """``_dense_scan`` for |S| = 1: each point against ``window`` sorted places each side.
+
+    Rows are put in the order of the single S coordinate, so the t-th neighbour on the
+    right of every point is a contiguous slice, and each pair (p, p + t) is measured
+    once for both of its points. Returns (best, best_at) in the original row order.
+    """
+    m, b = cols.shape
+    if isinstance(cols, torch.Tensor):
+        ranked = cols[order]  # (m, b) rows in S order
+        best = torch.full_like(ranked, torch.inf)
+        best_at = torch.zeros((m, b), dtype=torch.long, device=cols.device)
+        positions = torch.arange(m, device=cols.device)[:, None]
+        for t in range(1, window + 1):
+            joint = ranked[t:] - ranked[:-t]
+            joint = joint * joint + ((values[t:] - values[:-t]) ** 2)[:, None]  # (m - t, b)
+            for mine, theirs in ((slice(None, m - t), positions[t:]), (slice(t, None), positions[: m - t])):
+                better = joint < best[mine]
+                best[mine] = torch.where(better, joint, best[mine])
+                best_at[mine] = torch.where(better, theirs, best_at[mine])
+        out_best = torch.empty_like(best)
+        out_at = torch.empty_like(best_at)
+        out_best[order] = best
+        out_at[order] = order[best_at]
+        return out_best, out_at
+    ranked = cols[order]  # (m, b) rows in S order
+    best = np.full((m, b), np.inf)
+    best_at = np.zeros((m, b), np.int64)
+    joint = np.empty((m, b))
+    better = np.empty((m, b), bool)
+    positions = np.arange(m)[:, None]
+    for t in range(1, window + 1):
+        j = joint[: m - t]
+        np.subtract(ranked[t:], ranked[:-t], out=j)
+        np.multiply(j, j, out=j)
+        np.add(j, ((values[t:] - values[:-t]) ** 2)[:, None], out=j)  # (m - t, b) pair (p, p + t)
+        for mine, theirs in ((slice(None, m - t), positions[t:]), (slice(t, None), positions[: m - t])):
+            flag = better[: m - t]
+            np.less(j, best[mine], out=flag)
+            np.minimum(best[mine], j, out=best[mine])
+            np.copyto(best_at[mine], theirs, where=flag)
+    out_best = np.empty_like(best)
+    out_at = np.empty_like(best_at)
+    out_best[order] = best
+    out_at[order] = order[best_at]
+    return out_best, out_at
+
+
+def _cpu_workers() -> int:
+    """Threads for the CPU scan: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _dense_scan(cols, near, near_sq):
+    """Best joint squared distance and its index over the listed S-neighbours, (m, b)."""
+    m, b = cols.shape
+    if isinstance(cols, torch.Tensor):
+        best = torch.full_like(cols, torch.inf)
+        best_at = torch.zeros((m, b), dtype=torch.long, device=cols.device)
+        joint = torch.empty_like(cols)
+        better = torch.empty((m, b), dtype=torch.bool, device=cols.device)
+        for t in range(near.shape[1]):
+            torch.index_select(cols, 0, near[:, t], out=joint)
+            joint.sub_(cols).square_().add_(near_sq[:, t : t + 1])  # D_S(i,k) + (a(i)-a(k))^2
+            torch.lt(joint, best, out=better)
+            torch.minimum(best, joint, out=best)
+            best_at = torch.where(better, near[:, t : t + 1], best_at)
+        return best, best_at
+    best = np.full((m, b), np.inf)
+    best_at = np.zeros((m, b), np.int64)
+    joint = np.empty((m, b))
+    better = np.empty((m, b), bool)
+    for t in range(near.shape[1]):
+        np.take(cols, near[:, t], axis=0, out=joint)
+        np.subtract(joint, cols, out=joint)
+        np.multiply(joint, joint, out=joint)
+        np.add(joint, near_sq[:, t : t + 1], out=joint)  # D_S(i,k) + (a(i)-a(k))^2
+        np.less(joint, best, out=better)
+        np.minimum(best, joint, out=best)
+        np.copyto(best_at, near[:, t : t + 1], where=better)
+    return best, best_at
+
+
+def _scan_pairs(base, cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray, scanned: np.ndarray) -> None:
+    """Finish the (row, column) pairs the dense scan could not prove, in place.
+
+    A pair (i, j) with best joint squared distance b can only improve on a point k
+    with D_S(i, k) < b, and the dense scan already saw every k with D_S(i, k) below
+    ``scanned[i]``. Per chunk of rows, D_S(i, .) is computed exactly against all m
+    points and the nearest ones (enough for LIST_QUANTILE of the rows) are listed in
+    D_S order. The pairs then walk their lists in windows of doubling length; after
+    each window a pair stays only while the next listed D_S is still below its
+    (shrinking) b. A pair that walks off the end of a short list is scanned against
+    all m points. Every candidate is seen; few are seen twice.
+    """
+    m = cols.shape[0]
+    flat = cols.T.reshape(-1)  # (b * m,): column c's values at c * m ... (c + 1) * m - 1
+    order = np.lexsort((cols_at, rows))  # by row, then column
+    rows, cols_at = rows[order], cols_at[order]
+    bound = _host(best[_like(rows, cols), _like(cols_at, cols)]) * (1 + ROUNDING_SLACK)  # (P,) b, slack up
+    distinct, first_pair = np.unique(rows, return_index=True)
+    reach = np.maximum.reduceat(bound, first_pair)  # (u,) largest b per row
+    per_chunk = max(1, BLOCK_ELEMENTS // m)
+    for start in range(0, distinct.size, per_chunk):
+        chunk = distinct[start : start + per_chunk]
+        sq = _host(_sq_to_all(base, chunk))  # (u, m) exact D_S, inf at self
+        counts = (sq < reach[start : start + chunk.size, None]).sum(axis=1)  # (u,) points any pair may need
+        width = int(min(m - 1, max(1, np.quantile(counts, LIST_QUANTILE))))
+        listed = np.argpartition(sq, width - 1, axis=1)[:, :width] if width < m - 1 else np.argsort(sq, axis=1)[:, :width]
+        listed_sq = np.take_along_axis(sq, listed, 1)
+        by_distance = np.argsort(listed_sq, axis=1, kind="stable")
+        listed = np.take_along_axis(listed, by_distance, 1)  # (u, width) nearest in S first
+        listed_sq = np.take_along_axis(listed_sq, by_distance, 1)
+        seen = (listed_sq < (scanned[chunk] * (1 - ROUNDING_SLACK))[:, None]).sum(axis=1)  # dense-scanned prefix
+
+        lo_pair = np.searchsorted(rows, chunk[0], side="left")
+        hi_pair = np.searchsorted(rows, chunk[-1], side="right")
+        pair_rows, pair_cols = rows[lo_pair:hi_pair], cols_at[lo_pair:hi_pair]
+        slot = np.searchsorted(chunk, pair_rows)  # (p,) each pair's row in the chunk
+        active = np.argsort(pair_cols, kind="stable")  # column order keeps reads local
+        lo = int(seen.min())
+        hi = min(width, max(2 * lo, lo + 16))
+        while active.size and lo < width:
+            for g in range(0, active.size, max(1, BLOCK_ELEMENTS // (hi - lo))):
+                pick = active[g : g + max(1, BLOCK_ELEMENTS // (hi - lo))]
+                _improve(flat, best, best_at, pair_rows[pick], pair_cols[pick], listed[slot[pick], lo:hi], listed_sq[slot[pick], lo:hi], m)
+            if hi < width:
+                current = _host(best[_like(pair_rows[active], cols), _like(pair_cols[active], cols)])
+                active = active[listed_sq[slot[active], hi] < current * (1 + ROUNDING_SLACK)]
+            lo, hi = hi, min(width, 2 * hi)
+
+        # Pairs whose b still reaches past a list that is shorter than their row needs.
+        if width < m - 1:
+            current = _host(best[_like(pair_rows, cols), _like(pair_cols, cols)])
+            beyond = np.flatnonzero(listed_sq[slot, -1] < current * (1 + ROUNDING_SLACK))
+            for g in range(0, beyond.size, per_chunk):
+                pick = beyond[g : g + per_chunk]
+                every = np.broadcast_to(np.arange(m), (pick.size, m))
+                _improve(flat, best, best_at, pair_rows[pick], pair_cols[pick], every, sq[slot[pick]], m)
+
+
+def _improve(flat, best, best_at, r, c, k, k_sq, m) -> None:
+    """best/best_at[r, c] <- the nearest of points k (q, s) if nearer, k_sq = D_S(r, k)."""
+    r_d, c_d = _like(r, flat), _like(c, flat)
+    joint = flat[_like(k + (c * m)[:, None], flat)] - flat[c_d * m + r_d][:, None]
+    joint = joint * joint + _like(k_sq, flat)  # D_S + (a(i) - a(k))^2, (q, s)
+    value, at = _min_rows(joint)
+    current = best[r_d, c_d]
+    better = value < current
+    chosen = _like(np.ascontiguousarray(k), flat)[_arange(r.size, flat), at]
+    best[r_d, c_d] = _where(better, value, current)
+    best_at[r_d, c_d] = _where(better, chosen, best_at[r_d, c_d])
+
+
+def _sq_to_all(base, rows: np.ndarray):
+    """Exact squared distances from ``base[rows]`` to every point, (u, m), inf at self."""
+    if isinstance(base, torch.Tensor):
+        r = torch.as_tensor(rows, device=base.device)
+        sq = torch.zeros((rows.size, base.shape[0]), dtype=base.dtype, device=base.device)
+        for c in range(base.shape[1]):
+            diff = base[r, c][:, None] - base[:, c][None, :]
+            sq += diff * diff
+        sq[torch.arange(rows.size, device=base.device), r] = torch.inf
+        return sq
+    sq = np.zeros((rows.size, base.shape[0]))
+    for c in range(base.shape[1]):
+        diff = base[rows, c][:, None] - base[:, c][None, :]
+        sq += diff * diff
+    sq[np.arange(rows.size), rows] = np.inf
+    return sq
+
+
+# ============================================================== numpy / torch glue
+# Arrays stay numpy on the CPU (numpy's single-threaded kernels beat torch's threaded
+# ones for these memory-bound loops on a few busy cores) and torch on CUDA.
+def _host(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _like(array, reference):
+    """A host array moved to wherever ``reference`` lives."""
+    if isinstance(reference, torch.Tensor):
+        return torch.as_tensor(np.ascontiguousarray(array), device=reference.device)
+    return array
+
+
+def _empty_index(shape, reference):
+    if isinstance(reference, torch.Tensor):
+        return torch.empty(shape, dtype=torch.long, device=reference.device)
+    return np.empty(shape, np.int64)
+
+
+def _full_index(shape, value: int, reference):
+    if isinstance(reference, torch.Tensor):
+        return torch.full(shape, value, dtype=torch.long, device=reference.device)
+    return np.full(shape, value, np.int64)
+
+
+def _arange(n: int, reference):
+    return torch.arange(n, device=reference.device) if isinstance(reference, torch.Tensor) else np.arange(n)
+
+
+def _concat(parts, axis: int = 0):
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts, dim=axis)
+    return np.concatenate(parts, axis=axis)
+
+
+def _where(condition, a, b):
+    if isinstance(condition, torch.Tensor):
+        device = condition.device
+        return torch.where(condition, torch.as_tensor(a, device=device), torch.as_tensor(b, device=device))
+    return np.where(condition, a, b)
+
+
+def _nonzero(mask):
+    return torch.nonzero(mask, as_tuple=True) if isinstance(mask, torch.Tensor) else np.nonzero(mask)
+
+
+def _min_rows(array):
+    """(min, first argmin) along axis 1."""
+    if isinstance(array, torch.Tensor):
+        at = torch.argmin(array, dim=1)
+        return array.gather(1, at[:, None])[:, 0], at
+    at = np.argmin(array, axis=1)
+    return array[np.arange(array.shape[0]), at], at
