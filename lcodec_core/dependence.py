@@ -48,9 +48,10 @@ __all__ = ["FociResult", "codec", "foci"]
 logger = logging.getLogger(__name__)
 
 JITTER_FRACTION = 1e-3  # jitter s.d. as a share of the smallest non-zero coordinate gap
-FIRST_SCAN = {1: 128, 2: 32, 3: 24}  # S-neighbours scanned densely per point, by |S| (else 16):
+FIRST_SCAN = {1: 128, 2: 32, 3: 24}  # S-neighbours scanned densely per point, by |S|:
 # the points nearer in S than the joint nearest neighbour number about m^(1/(|S|+1)); these
 # balance the dense scan against finishing the unproven pairs at m ~ 1000 (measured)
+FIRST_SCAN_OTHERWISE = 16  # the same for |S| >= 4
 SAFE_MAGNITUDE = 2.0**500  # beyond this (or below its inverse) rescale by a power of two
 
 STOP_REASONS = {
@@ -135,7 +136,17 @@ def codec(y, z, x=None, *, rng=None, backend: str = "auto") -> float:
     coordinate: every distinct pair of points is at least g apart, so the noise only
     orders equal distances, at random.
     """
-    generator = _as_generator(rng)
+    numerator, denominator = _codec_terms(y, z, x, generator=_as_generator(rng), backend=backend)
+    if denominator == 0:
+        raise ValueError(
+            "T(y, z | x) is undefined (0/0): every point's nearest neighbour in x has a y-rank at "
+            "least its own, i.e. x already determines y's ranks; nothing is left for z to explain"
+        )
+    return numerator / denominator
+
+
+def _codec_terms(y, z, x, *, generator: np.random.Generator, backend: str) -> tuple[int, int]:
+    """Validated inputs to (numerator, denominator) of ``codec``, as exact integers."""
     _check_backend(backend)
     response = _response(y)
     m = response.shape[0]
@@ -153,22 +164,14 @@ def codec(y, z, x=None, *, rng=None, backend: str = "auto") -> float:
     rank, rank_rev = rank[order], rank_rev[order]
 
     if given_x is None:
-        joint = NeighborIndex(space, backend=backend).query(1)[0][:, 0]
+        joint = NeighborIndex(space, backend=backend).query(1)[0][:, 0]  # M(i) in z
         numerator = m * _exact_sum(np.minimum(rank, rank[joint])) - _exact_sum(rank_rev * rank_rev)
-        denominator = _exact_sum(rank_rev * (m - rank_rev))
-        return numerator / denominator
-
+        return numerator, _exact_sum(rank_rev * (m - rank_rev))
     dx = given_x.shape[1]
-    near_x = NeighborIndex(space[:, :dx], backend=backend).query(1)[0][:, 0]
-    joint = NeighborIndex(space, backend=backend).query(1)[0][:, 0]
+    near_x = NeighborIndex(space[:, :dx], backend=backend).query(1)[0][:, 0]  # N(i) in x
+    joint = NeighborIndex(space, backend=backend).query(1)[0][:, 0]  # M(i) in (x, z)
     base = _exact_sum(np.minimum(rank, rank[near_x]))
-    denominator = _exact_sum(rank) - base
-    if denominator == 0:
-        raise ValueError(
-            "T(y, z | x) is undefined (0/0): every point's nearest neighbour in x has a y-rank at "
-            "least its own, i.e. x already determines y's ranks; nothing is left for z to explain"
-        )
-    return (_exact_sum(np.minimum(rank, rank[joint])) - base) / denominator
+    return _exact_sum(np.minimum(rank, rank[joint])) - base, _exact_sum(rank) - base
 
 
 def foci(
@@ -263,9 +266,8 @@ def _prepare_foci(y, features, *, standardize: bool, generator: np.random.Genera
     rank, rank_rev = max_ranks(response)
     if standardize:
         # Per-column power-of-two scaling first (exact), so the variance cannot overflow.
-        biggest = _host(_column_max(abs(points)))
-        scale = np.ldexp(1.0, -np.ceil(np.log2(biggest)).astype(np.int64))
-        points = points * _like(scale, points)
+        exponent = -np.ceil(np.log2(_host(_column_max(abs(points)))))  # (D,) per-column power of two
+        points = _times_power_of_two(points, exponent)
         points = points - points.mean(0)
         points = points / ((points * points).mean(0) ** 0.5)
     else:
@@ -304,7 +306,7 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
         if denominator == 0:
             return FociResult(selected, scores, "y_determined_by_selection")
         candidates = np.setdiff1d(np.arange(n_features), selected)
-        first_scan = FIRST_SCAN.get(len(selected), 16)
+        first_scan = FIRST_SCAN.get(len(selected), FIRST_SCAN_OTHERWISE)
         sums = _joint_sums(points, rank_dev, candidates, index, first_scan)
         best = int(np.argmax(sums))
         numerator = int(sums[best]) - base
@@ -405,7 +407,16 @@ def _rescale_if_extreme(points):
     biggest = float(_host(abs(points).max()))
     if biggest == 0.0 or 1.0 / SAFE_MAGNITUDE <= biggest <= SAFE_MAGNITUDE:
         return points
-    return points * math.ldexp(1.0, -math.ceil(math.log2(biggest)))
+    return _times_power_of_two(points, -math.ceil(math.log2(biggest)))
+
+
+def _times_power_of_two(points, exponent):
+    """points * 2**exponent, exactly (in two halves, so that no factor overflows)."""
+    exponent = np.asarray(exponent, dtype=np.float64)
+    half = np.floor(exponent / 2)
+    for part in (half, exponent - half):
+        points = points * _like(np.exp2(part), points)
+    return points
 
 
 def _smallest_gap(points) -> float:
