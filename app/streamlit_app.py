@@ -1,19 +1,70 @@
-"""lcodec dashboard entry point: ``streamlit run app/streamlit_app.py``."""
-import streamlit as st
+"""lcodec dashboard: remove a person from a face classifier, and see what changed.
 
-from lcodec_core.zoo_cache import load_or_train
+Run with ``streamlit run app/streamlit_app.py`` (``make demo``). This script sets up the
+session (the shared base model, this session's private copy, the URL) and hands over to one
+page of ``app/views``; the logic lives in ``app/lcodec_app``.
+"""
+import sys
+from pathlib import Path
 
-st.set_page_config(page_title="lcodec", layout="wide")
-st.title("lcodec: remove a person from a face classifier")
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:  # `streamlit run` adds it; the test harness does not
+    sys.path.insert(0, str(APP_DIR))
 
+import streamlit as st  # noqa: E402
 
-@st.cache_resource(show_spinner="Preparing the default model (first run trains it)...")
-def default_model():
-    return load_or_train("olivetti")
+from lcodec_core.data import DataError  # noqa: E402
+from lcodec_app import state  # noqa: E402
+from lcodec_app.workbench import DATASET_LABELS, MODEL_LABELS  # noqa: E402
+from models import CheckpointError  # noqa: E402
 
+st.set_page_config(page_title="lcodec: machine unlearning", page_icon=":material/person_remove:",
+                   layout="wide")
 
-checkpoint, bundle = default_model()
-meta = checkpoint.metadata
-st.metric("Held-out accuracy", f"{meta.get('test_accuracy', float('nan')):.1%}")
-st.write(f"Model **{meta['model']}** trained on **{meta['n']}** Olivetti faces "
-         f"({bundle.num_classes} people).")
+PAGES = [
+    st.Page("views/start.py", title="Start here", icon=":material/school:", default=True),
+    st.Page("views/model_data.py", title="Model and data", icon=":material/dataset:",
+            url_path="model"),
+    st.Page("views/forget.py", title="Forget", icon=":material/person_remove:"),
+    st.Page("views/slices.py", title="Slices", icon=":material/grid_on:"),
+    st.Page("views/before_after.py", title="Before and after", icon=":material/compare:",
+            url_path="before-after"),
+    st.Page("views/live_accuracy.py", title="Live accuracy", icon=":material/monitoring:",
+            url_path="live"),
+    st.Page("views/audit.py", title="Audit", icon=":material/fact_check:"),
+]
+page = st.navigation(PAGES)
+state.init_session()
+key = st.session_state.model_key
+
+try:
+    if state.needs_training(key):
+        bar = st.progress(0.0, text=f"Training the {key.model} on {key.dataset} once "
+                                    f"(it is cached afterwards)...")
+        state.train_base(key, lambda e: bar.progress(
+            e["epoch"] / e["epochs"],
+            text=f"Training the {key.model} on {key.dataset}: epoch {e['epoch']}/{e['epochs']}, "
+                 f"loss {e['loss']:.3f}"))
+        bar.empty()
+    base = state.shared_base(key.dataset, key.model)
+except (DataError, CheckpointError, OSError) as error:
+    st.error(f"The {key.dataset} data or the {key.model} model could not be loaded: {error}",
+             icon=":material/error:")
+    st.stop()
+
+bench = state.workbench(base)
+state.collect_finished_job(bench)
+state.sync_url()
+
+with st.sidebar:
+    st.markdown(f"**{DATASET_LABELS.get(key.dataset, key.dataset)}**  \n"
+                f"{MODEL_LABELS.get(key.model, key.model)}")
+    removed = len(bench.history)
+    st.caption(f"This session: {removed} removal{'s' if removed != 1 else ''} "
+               f"· model {bench.current_hash[:10]}")
+    job = state.current_job()
+    if job is not None and not job.done:
+        st.caption(f":material/hourglass_top: {job.label}...")
+    st.caption("Your changes are private to this browser tab; the shared model is never edited.")
+
+page.run()

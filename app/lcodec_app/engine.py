@@ -1,0 +1,181 @@
+"""Adapter between the dashboard and the engine: the work functions that jobs run.
+
+Each ``*_work`` function is built in the script thread (where it takes its own deep copy of
+any model it needs, so hooks set by the engine or Captum never touch a model the page is
+drawing) and returns ``work(report)`` for :class:`lcodec_app.jobs.Job`. ``report`` is passed
+to the engine as ``on_progress``.
+
+The engine's Newton step uses forward-mode autodiff (``torch.func.jvp``), whose dual levels
+are global to the process: two removals on two threads at once break each other
+("Trying to create a dual Tensor for forward AD but no level exists"). Removals therefore
+take :data:`ENGINE_LOCK` in turn; a session waiting for another one says so in its progress.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lcodec_core.config import UnlearnConfig
+from lcodec_core.data import DataBundle
+from lcodec_core.evaluation import evaluate
+from lcodec_core.requests import ForgetRequest, make_request
+from models import Recipe, accuracy, train
+
+from .workbench import Removal, Workbench, model_hash
+
+Report = Callable[[dict], None]
+UNLEARN_PHASES = ("probe", "select", "newton", "noise")
+ENGINE_LOCK = threading.Lock()  # one unlearn() at a time in this process (see above)
+
+
+def unlearn_fn():
+    """The engine's ``unlearn`` (imported late so the app starts even while it is edited)."""
+    from lcodec_core.unlearn import unlearn
+    return unlearn
+
+
+def locked_unlearn(model, request: ForgetRequest, config: UnlearnConfig, report: Report,
+                   weight_decay: float):
+    """``unlearn`` under :data:`ENGINE_LOCK`, reporting while it waits for another session."""
+    unlearn = unlearn_fn()
+    while not ENGINE_LOCK.acquire(timeout=0.5):
+        report({"phase": "probe", "fraction": 0.0,
+                "message": "waiting for another session's removal to finish"})
+    try:
+        return unlearn(model, request.forget, request.retain, config, report,
+                       weight_decay=weight_decay)
+    finally:
+        ENGINE_LOCK.release()
+
+
+def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnConfig):
+    """Work that removes ``request`` from the session's current model; returns a Removal."""
+    model = copy.deepcopy(workbench.current)
+    original = copy.deepcopy(workbench.original)
+    bundle, weight_decay = workbench.bundle, workbench.weight_decay
+    hash_before = workbench.current_hash
+
+    def work(report: Report) -> Removal:
+        before = evaluate(model, bundle, request)
+        original_metrics = evaluate(original, bundle, request)
+        result = locked_unlearn(model, request, config, report, weight_decay)
+        after = evaluate(result.model, bundle, request)
+        return Removal(request, config, result, before, after, original_metrics, hash_before,
+                       model_hash(result.model))
+
+    return work
+
+
+def retrain_work(workbench: Workbench, request: ForgetRequest):
+    """Work that retrains the architecture from scratch on ``request.retain`` (the reference).
+
+    Returns (metrics on the request, seconds taken, the retrained model).
+    """
+    model_name = workbench.metadata["model"]
+    recipe = Recipe.from_dict(workbench.metadata["recipe"])
+    bundle = workbench.bundle
+
+    def work(report: Report):
+        start = time.perf_counter()
+        checkpoint = train(model_name, request.retain, recipe,
+                           on_progress=_training_progress(report, "retrain"))
+        elapsed = time.perf_counter() - start
+        return evaluate(checkpoint.model, bundle, request), elapsed, checkpoint.model
+
+    return work
+
+
+def _training_progress(report: Report, phase: str) -> Callable[[dict], None]:
+    def on_epoch(event: dict) -> None:
+        report({"phase": phase, "fraction": event["epoch"] / event["epochs"],
+                "message": f"retraining from scratch: epoch {event['epoch']}/{event['epochs']}, "
+                           f"loss {event['loss']:.3f}"})
+    return on_epoch
+
+
+def cumulative_metrics(model: nn.Module, bundle: DataBundle, removed: list[int],
+                       identities: list[int]) -> dict[str, float]:
+    """Accuracy after a stream of removals.
+
+    ``forget_accuracy``: every removed training image so far; ``retain_accuracy``: the rest
+    of the training set; ``test_accuracy``: held-out images of identities not removed;
+    ``forget_test_accuracy``: held-out images of removed identities (nan if none).
+    """
+    train_set, test = bundle.train, bundle.test
+    removed_mask = torch.zeros(len(train_set), dtype=torch.bool)
+    removed_mask[list(removed)] = True
+    gone = torch.isin(test.targets, torch.as_tensor(list(identities), dtype=torch.long))
+    return {
+        "forget_accuracy": accuracy(model, train_set.images[removed_mask],
+                                    train_set.targets[removed_mask]),
+        "retain_accuracy": accuracy(model, train_set.images[~removed_mask],
+                                    train_set.targets[~removed_mask]),
+        "test_accuracy": accuracy(model, test.images[~gone], test.targets[~gone]),
+        "forget_test_accuracy": accuracy(model, test.images[gone], test.targets[gone]),
+    }
+
+
+def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
+              reference: str = "final"):
+    """Work that removes ``targets`` one after another, reporting accuracy after each.
+
+    ``targets``: dicts ``{"identity": k}`` or ``{"indices": [...]}``. ``reference``: "none",
+    "final" (retrain once on what is left at the end) or "each" (retrain after every removal).
+    Each finished step is reported as ``{"phase": "step", "row": {...}}``; a retrained
+    reference as ``{"phase": "reference", "row": {...}}``. Returns the final model and rows.
+    """
+    start_model = copy.deepcopy(workbench.current)
+    bundle, weight_decay = workbench.bundle, workbench.weight_decay
+    already = list(workbench.removed_indices)
+    already_identities = list(workbench.removed_identities)
+    model_name = workbench.metadata["model"]
+    recipe = Recipe.from_dict(workbench.metadata["recipe"])
+
+    def retrained_row(step: int, removed: list[int], identities: list[int], report: Report):
+        keep = sorted(set(range(len(bundle.train))) - set(removed))
+        checkpoint = train(model_name, bundle.train.subset(keep), recipe,
+                           on_progress=_training_progress(report, "retrain"))
+        return {"step": step, **cumulative_metrics(checkpoint.model, bundle, removed, identities)}
+
+    def work(report: Report) -> dict:
+        model = start_model
+        removed, identities = list(already), list(already_identities)
+        rows = [{"step": 0, "removed": "(none)", "seconds": 0.0,
+                 **cumulative_metrics(model, bundle, removed, identities)}]
+        report({"phase": "step", "fraction": 0.0, "row": rows[0], "message": "starting point"})
+        for step, target in enumerate(targets, start=1):
+            request = make_request(bundle, already_removed=removed, **target)
+            tick = time.perf_counter()
+
+            def on_progress(event, step=step):
+                report({**event, "step": step, "steps": len(targets)})
+
+            result = locked_unlearn(model, request, config, on_progress, weight_decay)
+            model = result.model
+            removed += request.forget_indices
+            if request.identity is not None:
+                identities.append(request.identity)
+            row = {"step": step, "removed": request.description,
+                   "seconds": time.perf_counter() - tick,
+                   **cumulative_metrics(model, bundle, removed, identities)}
+            rows.append(row)
+            report({"phase": "step", "fraction": step / len(targets), "row": row,
+                    "message": f"removed {request.description}"})
+            if reference == "each":
+                report({"phase": "reference", "row": retrained_row(step, removed, identities, report)})
+        if reference == "final" and targets:
+            report({"phase": "reference",
+                    "row": retrained_row(len(targets), removed, identities, report)})
+        return {"model": model, "rows": rows, "removed": removed}
+
+    return work
+
+
+def is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,125 @@
+"""What the Audit page downloads: the unlearned model and a JSON / Markdown record of removals."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from models import Checkpoint
+
+from .workbench import Removal, Workbench
+
+METRICS = ("retain_accuracy", "forget_accuracy", "test_accuracy", "forget_test_accuracy")
+
+
+def _clean(value):
+    """JSON-safe: nan/inf become None, tuples become lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def removal_record(removal: Removal) -> dict:
+    request = removal.request
+    return {
+        "description": request.description,
+        "identity": request.identity,
+        "forget_indices": list(request.forget_indices),
+        "forget_sources": list(request.forget.sources),
+        "retained": len(request.retain_indices),
+        "model_hash_before": removal.hash_before,
+        "model_hash_after": removal.hash_after,
+        "settings": removal.config.to_dict(),
+        "result": removal.result.summary(),
+        "metrics": {"original": removal.original, "before": removal.before,
+                    "unlearned": removal.after, "retrained": removal.retrained},
+        "retrain_seconds": removal.retrain_s,
+    }
+
+
+def build_report(bench: Workbench) -> dict:
+    """Everything about the session's removals (no tensors), JSON-ready."""
+    epsilon, delta = bench.privacy_spent()
+    return _clean({
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "dataset": bench.key.dataset,
+        "model": bench.key.model,
+        "recipe": bench.metadata.get("recipe"),
+        "base_model_hash": bench.base_hash,
+        "current_model_hash": bench.current_hash,
+        "privacy_spent": {"epsilon": epsilon, "delta": delta,
+                          "composition": "basic (sums); epsilon null = no guarantee claimed"},
+        "removals": [removal_record(r) for r in bench.history],
+    })
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def to_markdown(report: dict) -> str:
+    """A human-readable version of :func:`build_report`'s output."""
+    spent = report["privacy_spent"]
+    eps = "none claimed (a removal ran without noise)" if spent["epsilon"] is None else (
+        f"epsilon = {spent['epsilon']:.4g}, delta = {spent['delta']:.3g}")
+    lines = [
+        "# lcodec removal report", "",
+        f"- Created: {report['created']}",
+        f"- Data set / model: {report['dataset']} / {report['model']}",
+        f"- Base model hash: `{report['base_model_hash']}`",
+        f"- Current model hash: `{report['current_model_hash']}`",
+        f"- Removals: {len(report['removals'])}",
+        f"- Privacy spent (basic composition): {eps}", "",
+        "Approximate unlearning: the model's parameters were updated so that it behaves like "
+        "a model trained without the removed images. It is not cryptographic erasure, and the "
+        "training data itself is not touched.", "",
+    ]
+    for number, removal in enumerate(report["removals"], start=1):
+        result, metrics = removal["result"], removal["metrics"]
+        lines += [f"## Removal {number}: {removal['description']}", "",
+                  f"- Method: {result['method']}; slices selected: "
+                  f"{len(result['selected_slices'])}; parameters updated: "
+                  f"{result['parameters_updated']} ({result['parameter_share']:.2%})",
+                  f"- sigma: {result['sigma']:.4g}; time: {result['timings'].get('unlearn_s', 0):.2f} s"
+                  + (f" (retraining took {removal['retrain_seconds']:.1f} s)"
+                     if removal.get("retrain_seconds") else ""),
+                  f"- Model hash before / after: `{removal['model_hash_before'][:16]}` / "
+                  f"`{removal['model_hash_after'][:16]}`", "",
+                  "| accuracy | original | unlearned | retrained |", "|---|---|---|---|"]
+        for metric in METRICS:
+            row = [_fmt((metrics.get(k) or {}).get(metric)) if metrics.get(k) else "not run"
+                   for k in ("original", "unlearned", "retrained")]
+            lines.append(f"| {metric.replace('_', ' ')} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report_json(bench: Workbench) -> str:
+    return json.dumps(build_report(bench), indent=2)
+
+
+def report_markdown(bench: Workbench) -> str:
+    return to_markdown(build_report(bench))
+
+
+def model_bytes(bench: Workbench) -> bytes:
+    """The current model as an lcodec checkpoint (loadable with ``models.load_checkpoint``)."""
+    metadata = dict(bench.metadata)
+    metadata["lineage"] = {
+        "base_model_hash": bench.base_hash,
+        "model_hash": bench.current_hash,
+        "removals": [{"description": r.request.description, "identity": r.request.identity,
+                      "forget_indices": list(r.request.forget_indices),
+                      "settings": r.config.to_dict(), "sigma": r.result.sigma}
+                     for r in bench.history],
+    }
+    metadata = _clean(metadata)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Checkpoint(bench.current, metadata).save(Path(folder) / "model.pt")
+        return path.read_bytes()

@@ -1,0 +1,161 @@
+"""Streamlit glue for a session: the shared base model, this session's workbench, jobs, the URL.
+
+Session-state keys (all owned here):
+    model_key      ModelKey the session works on (from ?dataset=&model= on first load)
+    identity       the chosen identity (from ?identity=), or None
+    workbench      the session's Workbench (private model copies and removal history)
+    job            the running Job, if any (one at a time per session)
+    finished       {kind: the last finished Job of that kind}, for pages to draw
+    job_errors     {kind: message} of the last failed job of that kind
+"""
+from __future__ import annotations
+
+import threading
+
+import streamlit as st
+
+from lcodec_core.zoo_cache import cache_path, load_or_train
+from models import default_recipe, state_hash
+
+from .jobs import Job
+from .workbench import ModelKey, SharedBase, Workbench
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def shared_base(dataset: str, model: str) -> SharedBase:
+    """The base checkpoint for (dataset, model), loaded once per server and never edited."""
+    checkpoint, bundle = load_or_train(dataset, model)
+    checkpoint.model.eval()
+    return SharedBase(ModelKey(dataset, model), checkpoint, bundle, state_hash(checkpoint.model))
+
+
+@st.cache_resource(show_spinner=False)
+def _training_locks() -> dict[ModelKey, threading.Lock]:
+    return {}
+
+
+def needs_training(key: ModelKey) -> bool:
+    """True when the zoo model is not in the cache yet (the first load trains it)."""
+    return not cache_path(key.dataset, default_recipe(key.dataset, key.model)).exists()
+
+
+def train_base(key: ModelKey, on_progress) -> None:
+    """Train and cache the zoo model, one session at a time per model."""
+    lock = _training_locks().setdefault(key, threading.Lock())
+    with lock:
+        if needs_training(key):
+            load_or_train(key.dataset, key.model, on_progress=on_progress)
+
+
+def init_session() -> None:
+    """Read the shared view from the URL once per session."""
+    state = st.session_state
+    if "model_key" in state:
+        return
+    params = st.query_params
+    state.model_key = ModelKey.parse(params.get("dataset"), params.get("model"))
+    state.identity = _parse_int(params.get("identity"))
+    state.job = None
+    state.finished = {}
+    state.job_errors = {}
+
+
+def _parse_int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def sync_url() -> None:
+    """Write the session's model and identity to the URL, so the view can be shared."""
+    key = st.session_state.model_key
+    wanted = {"dataset": key.dataset, "model": key.model}
+    if st.session_state.identity is not None:
+        wanted["identity"] = str(st.session_state.identity)
+    current = {k: st.query_params.get(k) for k in ("dataset", "model", "identity")}
+    if current != {k: wanted.get(k) for k in current}:
+        st.query_params.from_dict(wanted)
+
+
+def set_model_key(key: ModelKey) -> None:
+    """Switch the session to another base model (drops its removals)."""
+    state = st.session_state
+    if key == state.model_key:
+        return
+    stop_job()
+    state.model_key = key
+    state.identity = None
+    state.pop("workbench", None)
+    state.finished = {}
+    state.job_errors = {}
+
+
+def workbench(base: SharedBase) -> Workbench:
+    """This session's workbench for ``base``, created (a private copy) on first use."""
+    state = st.session_state
+    bench = state.get("workbench")
+    if bench is None or bench.key != base.key:
+        bench = Workbench.from_base(base)
+        state.workbench = bench
+    identity = state.identity
+    if identity is not None and not 0 <= identity < base.bundle.num_classes:
+        state.identity = None
+    return bench
+
+
+def set_identity(identity: int | None) -> None:
+    st.session_state.identity = identity
+
+
+# Jobs ---------------------------------------------------------------------------------------
+
+def current_job() -> Job | None:
+    return st.session_state.get("job")
+
+
+def start_job(job: Job) -> Job:
+    """Start ``job`` unless one is running (one job per session at a time)."""
+    running = current_job()
+    if running is not None and not running.done:
+        raise RuntimeError(f"'{running.label}' is still running; wait for it or stop it")
+    st.session_state.job_errors.pop(job.kind, None)
+    st.session_state.job = job.start()
+    return job
+
+
+def stop_job() -> None:
+    job = current_job()
+    if job is not None:
+        job.stop()
+
+
+def collect_finished_job(bench: Workbench) -> Job | None:
+    """Commit the result of a job that has ended (called once per script run)."""
+    state = st.session_state
+    job = current_job()
+    if job is None or not job.done:
+        return None
+    state.job = None
+    state.finished[job.kind] = job
+    if job.error is not None:
+        if not job.cancelled:
+            state.job_errors[job.kind] = f"{job.label} failed: {job.error}"
+        return job
+    try:
+        if job.kind == "unlearn":
+            bench.push(job.result)
+        elif job.kind == "retrain":
+            removal = job.payload["removal"]
+            removal.retrained, removal.retrain_s, _ = job.result
+    except ValueError as error:
+        state.job_errors[job.kind] = str(error)
+    return job
+
+
+def last_finished(kind: str) -> Job | None:
+    return st.session_state.finished.get(kind)
+
+
+def job_error(kind: str) -> str | None:
+    return st.session_state.job_errors.get(kind)

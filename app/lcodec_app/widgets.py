@@ -1,0 +1,193 @@
+"""Small Streamlit pieces the pages share: explanations, pickers, thumbnails, job progress."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import streamlit as st
+
+from lcodec_core.config import UnlearnConfig
+
+from . import state
+from .engine import UNLEARN_PHASES
+from .jobs import Job
+from .workbench import Workbench
+
+PHASE_LABELS = {"probe": "1. Probe: jiggle the photos and watch every slice",
+                "select": "2. Select: L-FOCI picks the slices that carry them",
+                "newton": "3. Newton: update only those slices",
+                "noise": "4. Noise: add calibrated noise for the guarantee",
+                "retrain": "Retraining from scratch on the retained images"}
+
+
+def explain(text: str) -> None:
+    """A short plain-language note under a chart or control."""
+    st.caption(f":material/info: {text}")
+
+
+def pct(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.1%}"
+
+
+def points(before, after) -> str | None:
+    """Change in percentage points, for st.metric's delta."""
+    if before is None or after is None or not (math.isfinite(before) and math.isfinite(after)):
+        return None
+    return f"{(after - before) * 100:+.1f} pts"
+
+
+def identity_name(bench: Workbench, identity: int) -> str:
+    name = bench.class_names[identity]
+    return f"{name} (removed)" if identity in bench.removed_identities else name
+
+
+def identity_picker(bench: Workbench, key: str, label: str = "Person to forget",
+                    help: str | None = None) -> int:
+    """A select box bound to the session's identity (shared by pages and the URL)."""
+    options = list(range(bench.bundle.num_classes))
+    current = st.session_state.identity
+    if current is None:
+        current = next((k for k in options if k not in bench.removed_identities), 0)
+        state.set_identity(current)
+    st.session_state[key] = current
+
+    def changed():
+        state.set_identity(st.session_state[key])
+
+    st.selectbox(label, options, key=key, on_change=changed, help=help,
+                 format_func=lambda k: identity_name(bench, k))
+    return st.session_state.identity
+
+
+def thumbnails(bench: Workbench, indices: list[int], split: str = "train",
+               captions: list[str] | None = None, width: int = 72) -> None:
+    """Small images of ``indices`` of ``split``, wrapping on narrow screens."""
+    if not indices:
+        return
+    dataset = bench.bundle.train if split == "train" else bench.bundle.test
+    pixels = bench.bundle.to_pixels(dataset.images[indices])
+    st.image(list(pixels), caption=captions, width=width)
+
+
+def face(bench: Workbench, identity: int) -> np.ndarray:
+    """The first training image of ``identity`` as uint8 pixels."""
+    index = bench.bundle.train.indices_of(identity)[0]
+    return bench.bundle.to_pixels(bench.bundle.train.images[index])
+
+
+def settings_form(key: str, defaults: UnlearnConfig, method_choice: bool = True) -> UnlearnConfig:
+    """Unlearning settings with one-line help each; returns the chosen UnlearnConfig."""
+    cols = st.columns(2)
+    with cols[0]:
+        method = defaults.method
+        if method_choice:
+            method = st.selectbox(
+                "Method", ["lfoci", "random", "top1", "all", "finetune", "negrad"],
+                key=f"{key}_method", help="lfoci: the slices L-FOCI picks (recommended). random: "
+                "as many random slices. all: Newton on the whole model. finetune / negrad: "
+                "baselines that retrain on the kept data or climb the loss on the forgotten.")
+        m = st.number_input("Perturbations per image (m)", 3, 1000, defaults.num_perturbations,
+                            key=f"{key}_m", help="How many jiggled copies of each forgotten "
+                            "photo to probe with. More = steadier choice of slices, slower.")
+        std = st.number_input("Perturbation size (std)", 0.0, 2.0, defaults.perturbation_std,
+                              step=0.05, key=f"{key}_std", help="Size of the random noise added to "
+                              "each normalised pixel while probing (paper: 0.1).")
+        max_slices = st.number_input("Max slices", 1, 256, defaults.max_slices, key=f"{key}_k",
+                                     help="Upper bound on how many slices (filters or neurons) "
+                                     "may be changed.")
+    with cols[1]:
+        solver = st.selectbox("Solver", ["auto", "explicit", "cg"],
+                              index=["auto", "explicit", "cg"].index(defaults.solver),
+                              key=f"{key}_solver", help="How the Newton system is solved: the "
+                              "exact block Hessian (small blocks) or conjugate gradients (large).")
+        noise = st.toggle("Add noise for an (epsilon, delta) guarantee",
+                          value=defaults.epsilon is not None, key=f"{key}_noise",
+                          help="Off: no noise, and no formal guarantee is claimed. On: Gaussian "
+                          "noise sized for the chosen epsilon and delta (it can be large).")
+        epsilon = st.number_input("epsilon", 0.01, 1e6, defaults.epsilon or 1000.0,
+                                  key=f"{key}_eps", disabled=not noise,
+                                  help="Privacy budget: smaller = stronger guarantee, more noise.")
+        delta = st.number_input("delta", 1e-12, 0.5, defaults.delta, format="%.1e",
+                                key=f"{key}_delta", disabled=not noise,
+                                help="Chance the guarantee fails; keep it below 1/n.")
+        seed = st.number_input("Seed", 0, 2**31 - 1, defaults.seed, key=f"{key}_seed",
+                               help="Fixes the perturbations, random choices and noise.")
+    with cols[0]:
+        steps = st.number_input("Newton steps", 1, 20, defaults.newton_steps, key=f"{key}_steps",
+                                help="Damped Newton steps on the retained objective (1 = the "
+                                "classic single step; more = closer to the retrained optimum).")
+        subsample = st.number_input("Curvature from n retained photos (0 = all)", 0, 100_000,
+                                    defaults.retain_subsample or 0, key=f"{key}_sub",
+                                    help="Estimate the Hessian on a random subset of the kept "
+                                    "photos: faster, slightly less exact.")
+    return defaults.with_(method=method, num_perturbations=int(m), perturbation_std=float(std),
+                          max_slices=int(max_slices), solver=solver,
+                          epsilon=float(epsilon) if noise else None, delta=float(delta),
+                          seed=int(seed), newton_steps=int(steps),
+                          retain_subsample=int(subsample) or None)
+
+
+def _phase_rows(job: Job, phases) -> None:
+    events, latest = job.snapshot()
+    seen = [e.get("phase") for e in events]
+    last = next((p for p in reversed(seen) if p in phases), None)
+    for phase in phases:
+        event = latest.get(phase)
+        if event is None and (last is None or phases.index(phase) > phases.index(last)):
+            if phase == "noise":
+                continue
+            st.progress(0.0, text=f"{PHASE_LABELS.get(phase, phase)}: waiting")
+            continue
+        done = last is not None and phases.index(phase) < phases.index(last)
+        fraction = 1.0 if done or "done" in latest else float(event.get("fraction", 0.0))
+        message = event.get("message", "") if event else ""
+        st.progress(min(max(fraction, 0.0), 1.0),
+                    text=f"{PHASE_LABELS.get(phase, phase)}: {'done' if done else message}")
+
+
+@st.fragment(run_every=0.5)
+def job_progress(kinds: tuple[str, ...]) -> None:
+    """Live progress of the session's running job (if its kind is drawn here)."""
+    job = state.current_job()
+    if job is None or job.kind not in kinds:
+        return
+    if job.done:
+        st.rerun(scope="app")
+    with st.status(f"{job.label} ({job.elapsed_s:.0f} s)", expanded=True, state="running"):
+        if job.kind == "unlearn":
+            _phase_rows(job, list(UNLEARN_PHASES))
+        elif job.kind == "retrain":
+            _phase_rows(job, ["retrain"])
+        else:
+            _, latest = job.snapshot()
+            step = latest.get("step", {})
+            st.progress(float(step.get("fraction", 0.0)), text=step.get("message", "starting"))
+            inner = [e for p, e in latest.items() if p not in ("step", "reference")]
+            if inner:
+                event = max(inner, key=lambda e: e.get("step", 0))
+                st.caption(f"current: {event.get('message', '')}")
+        if job.stop_requested:
+            st.caption("stopping at the next checkpoint...")
+        else:
+            st.button("Stop", key=f"stop_{job.kind}", on_click=state.stop_job, icon=":material/stop:")
+
+
+def show_job_error(kind: str) -> None:
+    message = state.job_error(kind)
+    if message:
+        st.error(message, icon=":material/error:")
+
+
+def require_removal(bench: Workbench) -> bool:
+    """Guard: True if the session has a removal; otherwise say how to make one."""
+    if bench.history:
+        return True
+    st.info("Nothing has been removed yet in this session. Remove a person on the **Forget** "
+            "page (or follow **Start here**) and come back.", icon=":material/arrow_back:")
+    st.page_link("views/forget.py", label="Go to Forget", icon=":material/delete:")
+    return False
+
+
+def busy() -> bool:
+    job = state.current_job()
+    return job is not None and not job.done

@@ -1,0 +1,156 @@
+"""One browser session's work: its own copy of the base model and the removals applied to it.
+
+The base model is shared by every session (a cached resource) and never edited: a
+:class:`Workbench` deep-copies it once, and every removal produces a new model (the engine's
+``unlearn`` never modifies its input), so undo is popping the last :class:`Removal` and reset
+is dropping them all. Nothing here imports Streamlit.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from lcodec_core.config import UnlearnConfig
+from lcodec_core.data import DataBundle
+from lcodec_core.requests import ForgetRequest
+from lcodec_core.result import UnlearnResult
+from models import Checkpoint, state_hash
+
+# Built-in data sets and the zoo models offered for each (first = default).
+ZOO = {
+    "olivetti": ("small_cnn", "resnet18"),
+    "mnist": ("logreg", "mlp"),
+}
+DATASET_LABELS = {"olivetti": "Olivetti faces (40 people)", "mnist": "MNIST digits (10 classes)"}
+MODEL_LABELS = {
+    "small_cnn": "small CNN (25k parameters, trains in ~20 s)",
+    "resnet18": "ResNet-18 (11M parameters, slow on a CPU)",
+    "logreg": "logistic regression",
+    "mlp": "one-hidden-layer MLP",
+}
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """Which base model a session works on."""
+    dataset: str = "olivetti"
+    model: str = "small_cnn"
+
+    @classmethod
+    def parse(cls, dataset: str | None, model: str | None) -> "ModelKey":
+        """A valid key from (possibly bad) URL values: unknown values fall back to defaults."""
+        dataset = dataset if dataset in ZOO else "olivetti"
+        model = model if model in ZOO[dataset] else ZOO[dataset][0]
+        return cls(dataset, model)
+
+
+@dataclass(frozen=True)
+class SharedBase:
+    """The base checkpoint and its data, shared read-only by every session."""
+    key: ModelKey
+    checkpoint: Checkpoint
+    bundle: DataBundle
+    base_hash: str
+
+
+@dataclass
+class Removal:
+    """One applied removal: what was asked, with which settings, and what it did.
+
+    ``before``/``after``: :func:`lcodec_core.evaluation.evaluate` of the model before and
+    after this removal on its request; ``original``: the session's untouched base model on
+    the same request. ``retrained`` (filled in by the Audit page): the same architecture
+    retrained from scratch on ``request.retain``.
+    """
+    request: ForgetRequest
+    config: UnlearnConfig
+    result: UnlearnResult
+    before: dict
+    after: dict
+    original: dict
+    hash_before: str
+    hash_after: str
+    retrained: dict | None = None
+    retrain_s: float | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.result.model
+
+    @property
+    def label(self) -> str:
+        return self.request.description
+
+
+@dataclass
+class Workbench:
+    """A session's private models and history of removals."""
+    key: ModelKey
+    base_hash: str
+    bundle: DataBundle
+    metadata: dict
+    original: nn.Module
+    history: list[Removal] = field(default_factory=list)
+
+    @classmethod
+    def from_base(cls, base: SharedBase) -> "Workbench":
+        model = copy.deepcopy(base.checkpoint.model).eval()
+        return cls(base.key, base.base_hash, base.bundle, copy.deepcopy(base.checkpoint.metadata),
+                   model)
+
+    @property
+    def current(self) -> nn.Module:
+        """The model after every removal so far (the original when there is none)."""
+        return self.history[-1].model if self.history else self.original
+
+    @property
+    def current_hash(self) -> str:
+        return self.history[-1].hash_after if self.history else self.base_hash
+
+    @property
+    def removed_indices(self) -> list[int]:
+        return sorted(i for r in self.history for i in r.request.forget_indices)
+
+    @property
+    def removed_identities(self) -> list[int]:
+        return [r.request.identity for r in self.history if r.request.identity is not None]
+
+    @property
+    def weight_decay(self) -> float:
+        return float(self.metadata["recipe"]["weight_decay"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.bundle.classes)
+
+    def push(self, removal: Removal) -> None:
+        if removal.hash_before != self.current_hash:
+            raise ValueError("this removal was computed on another model state "
+                             "(the session changed while it ran); run it again")
+        self.history.append(removal)
+
+    def undo(self) -> Removal | None:
+        """Drop the last removal (the model goes back to the one before it)."""
+        return self.history.pop() if self.history else None
+
+    def reset(self) -> None:
+        """Back to the original model."""
+        self.history.clear()
+
+    def privacy_spent(self) -> tuple[float | None, float]:
+        """(epsilon, delta) spent by all removals under basic composition (sums).
+
+        epsilon is None when any removal ran without noise: no guarantee is claimed then.
+        """
+        if not self.history:
+            return 0.0, 0.0
+        if any(r.config.epsilon is None for r in self.history):
+            return None, sum(r.config.delta for r in self.history if r.config.epsilon is not None)
+        return (sum(r.config.epsilon for r in self.history),
+                sum(r.config.delta for r in self.history))
+
+
+def model_hash(model: nn.Module) -> str:
+    return state_hash(model)

@@ -1,0 +1,89 @@
+"""Audit: a removal's numbers beside a model retrained from scratch, the noise, and downloads."""
+import pandas as pd
+import streamlit as st
+
+from lcodec_app import charts, engine, report, state
+from lcodec_app.jobs import Job
+from lcodec_app.panels import removal_chooser
+from lcodec_app.widgets import busy, explain, job_progress, pct, require_removal, show_job_error
+
+bench = st.session_state.workbench
+
+st.title("Audit")
+st.markdown("The gold standard for forgetting is to **retrain from scratch** without the "
+            "removed photos. Here a removal is compared with that retrained model, with its "
+            "cost and its noise, and the record can be downloaded.")
+if not require_removal(bench):
+    st.stop()
+
+position, removal = removal_chooser(bench, key="audit_removal")
+result = removal.result
+
+st.subheader("Accuracy beside the retrained model")
+if removal.retrained is None:
+    st.button("Retrain from scratch for comparison", type="primary", icon=":material/model_training:",
+              key="audit_retrain", disabled=busy(),
+              on_click=lambda: state.start_job(Job(
+                  "retrain", f"Retraining without {removal.label}",
+                  engine.retrain_work(bench, removal.request), payload={"removal": removal})))
+    explain("Trains the same architecture with the same recipe on the retained photos only "
+            "(as long as the model's first training).")
+job_progress(("retrain",))
+show_job_error("retrain")
+
+models = {"original": removal.original, "unlearned": removal.after}
+if removal.retrained is not None:
+    models["retrained"] = removal.retrained
+table = pd.DataFrame({name: {charts.METRIC_LABELS[m]: pct(v) for m, v in values.items()}
+                      for name, values in models.items()})
+st.dataframe(table, column_config={"_index": st.column_config.TextColumn("accuracy on")})
+st.plotly_chart(charts.accuracy_bars(models), key="audit_bars", config={"displayModeBar": False})
+explain("Grey: the model before any removal. Red: after unlearning. Blue: retrained from "
+        "scratch without the removed photos. Good unlearning puts red close to blue on every "
+        "group: near zero on a forgotten person, unchanged elsewhere.")
+
+st.subheader("Cost")
+cols = st.columns(4)
+unlearn_s = result.timings.get("unlearn_s", 0.0)
+cols[0].metric("Unlearning time", f"{unlearn_s:.1f} s")
+if removal.retrain_s:
+    cols[1].metric("Retraining time", f"{removal.retrain_s:.1f} s",
+                   help="Wall time of retraining from scratch on this machine.")
+    cols[2].metric("Speed-up", f"{removal.retrain_s / max(unlearn_s, 1e-9):.1f}x")
+cols[3].metric("Parameters updated", f"{result.parameters_updated:,}",
+               f"{result.parameter_share:.2%} of the model", delta_color="off")
+
+st.subheader("Noise and guarantee")
+epsilon, delta = bench.privacy_spent()
+cols = st.columns(3)
+cols[0].metric("sigma of this removal", f"{result.sigma:.3g}",
+               help="Standard deviation of the Gaussian noise added to the updated weights.")
+cols[1].metric("epsilon, delta of this removal",
+               "none" if removal.config.epsilon is None else
+               f"{removal.config.epsilon:g}, {removal.config.delta:.0e}")
+cols[2].metric("Spent by the session (all removals)",
+               "no guarantee" if epsilon is None else f"{epsilon:g}, {delta:.0e}")
+explain("With noise on, the removal is (epsilon, delta)-forgetting in the sense of Sekhari et "
+        "al. (2021) under their assumptions; smaller epsilon means a stronger promise and more "
+        "noise. Totals add up over removals (basic composition). Without noise, no formal "
+        "guarantee is claimed: the numbers above are the evidence.")
+
+st.subheader("Model fingerprints")
+st.markdown(f"- shared base model: `{bench.base_hash[:16]}` (never edited)\n"
+            f"- before this removal: `{removal.hash_before[:16]}`\n"
+            f"- after this removal: `{removal.hash_after[:16]}`")
+
+st.subheader("Downloads")
+cols = st.columns(3)
+name = f"{bench.key.dataset}-{bench.key.model}-{bench.current_hash[:8]}"
+cols[0].download_button("Unlearned model (.pt)", lambda: report.model_bytes(bench),
+                        file_name=f"{name}.pt", mime="application/octet-stream",
+                        icon=":material/download:", on_click="ignore", key="audit_dl_model")
+cols[1].download_button("Report (JSON)", lambda: report.report_json(bench),
+                        file_name=f"{name}-report.json", mime="application/json",
+                        icon=":material/data_object:", on_click="ignore", key="audit_dl_json")
+cols[2].download_button("Report (Markdown)", lambda: report.report_markdown(bench),
+                        file_name=f"{name}-report.md", mime="text/markdown",
+                        icon=":material/description:", on_click="ignore", key="audit_dl_md")
+explain("The model loads with `models.load_checkpoint` and carries its lineage (what was "
+        "removed, with which settings). The reports list every removal of this session.")

@@ -1,0 +1,77 @@
+"""Forget: remove a person or single training photos, with settings, progress, undo and reset."""
+import streamlit as st
+
+from lcodec_app import engine, state
+from lcodec_app.jobs import Job
+from lcodec_app.panels import history_table, result_panel
+from lcodec_app.presets import DEFAULT
+from lcodec_app.widgets import busy, explain, identity_picker, job_progress, settings_form, \
+    show_job_error, thumbnails
+from lcodec_core.requests import make_request
+
+bench = st.session_state.workbench
+bundle = bench.bundle
+
+st.title("Forget")
+st.markdown("Choose what the model should forget, adjust the settings if you like, and run. "
+            "Each removal applies to this session's copy of the model; undo and reset bring "
+            "earlier versions back.")
+
+what = st.segmented_control("What to forget", ["A whole person", "Single photos"],
+                            default="A whole person", required=True, key="forget_mode")
+identity = identity_picker(bench, key="forget_identity")
+removed = set(bench.removed_indices)
+photos = [i for i in bundle.train.indices_of(identity) if i not in removed]
+
+if what == "A whole person":
+    thumbnails(bench, photos, captions=[f"#{i}" for i in photos], width=64)
+    explain(f"All {len(photos)} remaining training photos of {bench.class_names[identity]} "
+            "will be forgotten. Their held-out photos stay untouched, to test recognition.")
+    chosen = photos
+else:
+    chosen = st.multiselect("Photos to forget", photos, default=photos[:1], key="forget_photos",
+                            format_func=lambda i: f"photo #{i}",
+                            help="Training photos of this person; pick one or more.")
+    thumbnails(bench, chosen, captions=[f"#{i}" for i in chosen], width=64)
+    explain("Forgetting single photos should change little: the model still knows the person "
+            "from their other photos. The target is what a model retrained without them does.")
+
+with st.expander("Settings", icon=":material/tune:"):
+    config = settings_form("forget", DEFAULT)
+    explain("The defaults work for the built-in models. More perturbations or slices make the "
+            "removal more thorough and slower.")
+
+blocked = None
+if not chosen:
+    blocked = "Nothing left to forget for this choice."
+elif busy():
+    blocked = "A job is running in this session."
+if st.button("Run removal", type="primary", icon=":material/play_arrow:",
+             disabled=blocked is not None, key="forget_run"):
+    try:
+        if what == "A whole person":
+            request = make_request(bundle, identity=identity, already_removed=sorted(removed))
+        else:
+            request = make_request(bundle, indices=chosen, already_removed=sorted(removed))
+    except ValueError as error:
+        st.error(str(error))
+    else:
+        state.start_job(Job("unlearn", f"Forgetting {request.description}",
+                            engine.removal_work(bench, request, config)))
+        st.rerun()
+if blocked and chosen:
+    st.caption(blocked)
+
+job_progress(("unlearn",))
+show_job_error("unlearn")
+
+if bench.history:
+    result_panel(bench, bench.history[-1], chart_key="forget_result_chart")
+    cols = st.columns([1, 1, 3])
+    cols[0].button("Undo last removal", icon=":material/undo:", disabled=busy(), key="forget_undo",
+                   on_click=bench.undo)
+    cols[1].button("Reset to original", icon=":material/restart_alt:", disabled=busy(),
+                   key="forget_reset", on_click=bench.reset)
+    st.subheader("Removals in this session")
+    history_table(bench)
+    explain("Removals stack up: each starts from the model the previous one produced.")

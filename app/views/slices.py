@@ -1,0 +1,114 @@
+"""Slices: every filter and neuron of the model, the ones L-FOCI chose, their weights and activations."""
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from lcodec_app import attributions, charts
+from lcodec_app.panels import model_before, removal_chooser
+from lcodec_app.widgets import explain, require_removal
+from lcodec_core.slices import sliced_modules
+
+bench = st.session_state.workbench
+bundle = bench.bundle
+
+st.title("Slices")
+st.markdown("A **slice** is one output unit of a layer: one filter of a convolution, or one "
+            "neuron of a linear layer, with its weights and bias. The removal changes only the "
+            "slices L-FOCI selects, as the ones whose activity tracks the forgotten photos.")
+if not require_removal(bench):
+    st.stop()
+
+position, removal = removal_chooser(bench, key="slices_removal")
+before_model, after_model = model_before(bench, position), removal.model
+result = removal.result
+selected = [asdict(s) for s in result.selected_slices]
+
+cols = st.columns(3)
+cols[0].metric("Slices selected", len(selected))
+cols[1].metric("Parameters touched", f"{result.parameters_updated:,}")
+cols[2].metric("Share of the model", f"{result.parameter_share:.2%}")
+
+layers = [(name, module.weight.shape[0]) for name, module in sliced_modules(bench.original)]
+layer_names = [name for name, _ in layers]
+
+if selected:
+    table = pd.DataFrame([{"order": s["order"] + 1, "layer": s["module"], "unit": s["index"],
+                           "score": s["score"]} for s in selected]).sort_values("order")
+    options = [(s["module"], s["index"]) for s in sorted(selected, key=lambda s: s["order"])]
+else:
+    table = None
+    options = []
+    st.info("This removal selected no slice (or used a baseline that changes the whole model).")
+
+with st.expander("Inspect any slice, not only the selected ones"):
+    any_slice = st.toggle("Choose freely", key="slices_free")
+    if any_slice or not options:
+        layer = st.selectbox("Layer", layer_names, key="slices_layer")
+        count = dict(layers)[layer]
+        unit = st.number_input("Unit", 0, count - 1, 0, key="slices_unit")
+        chosen = (layer, int(unit))
+if not (any_slice or not options):
+    chosen = st.selectbox("Slice to inspect", options, key="slices_pick",
+                          format_func=lambda o: f"#{options.index(o) + 1}: {o[0]}[{o[1]}]")
+
+st.subheader("All slices, layer by layer")
+st.plotly_chart(charts.slice_grid(layers, selected, highlight=chosen), key="slices_grid",
+                config={"displayModeBar": False})
+explain("Each cell is one filter or neuron; each row a layer (its size in brackets). Orange "
+        "cells were selected, numbered in the order L-FOCI picked them (darker = earlier). Grey "
+        "cells were left exactly as they were. The blue box is the slice shown below.")
+if table is not None:
+    st.dataframe(table, hide_index=True, column_config={
+        "score": st.column_config.NumberColumn(format="%.4f",
+                                               help="L-CODEC dependence when the slice was added")})
+    explain("Score: how much the loss on the jiggled forgotten photos depends on this slice "
+            "once the earlier ones are known (conditional dependence, 0 = none).")
+
+layer, unit = chosen
+module_before = dict(before_model.named_modules())[layer]
+module_after = dict(after_model.named_modules())[layer]
+w_before = module_before.weight.detach()[unit].numpy()
+w_after = module_after.weight.detach()[unit].numpy()
+input_shape = tuple(bundle.input_shape) if w_before.ndim == 1 and layer == layer_names[0] else None
+
+st.subheader(f"Weights of {layer}[{unit}]")
+mosaic_before = charts.mosaic(w_before, input_shape)
+mosaic_after = charts.mosaic(w_after, input_shape)
+st.plotly_chart(charts.image_panels([("before", mosaic_before, "map"),
+                                     ("after", mosaic_after, "map"),
+                                     ("change", mosaic_after - mosaic_before, "diff")], height=300),
+                key="slices_weights", config={"displayModeBar": False})
+changed = not np.array_equal(w_before, w_after)
+explain(("The filter's weights before and after the removal on one colour scale, and their "
+         "change (red up, blue down). " if w_before.ndim == 3 else
+         "The neuron's incoming weights laid out as a grid, before and after, and the change. ")
+        + ("This slice was updated." if changed else "This slice was not changed (bit-identical)."))
+
+st.subheader("What it responds to")
+forgot_image = removal.request.forget.images[:1]
+other = [i for i in removal.request.retain_indices
+         if removal.request.identity is None or int(bundle.train.targets[i]) != removal.request.identity]
+retain_image = bundle.train.images[other[:1]]
+images = {"a forgotten photo": forgot_image, "a retained photo": retain_image}
+acts = {name: (attributions.slice_activation(before_model, layer, unit, img)[0],
+               attributions.slice_activation(after_model, layer, unit, img)[0])
+        for name, img in images.items()}
+if np.ndim(next(iter(acts.values()))[0]) == 2:
+    lo = min(min(a.min(), b.min()) for a, b in acts.values())
+    hi = max(max(a.max(), b.max()) for a, b in acts.values())
+    for name, img in images.items():
+        a, b = acts[name]
+        st.plotly_chart(charts.image_panels(
+            [(name, bundle.to_pixels(img)[0], "photo"), ("before", a, "map"), ("after", b, "map"),
+             ("change", b - a, "diff")], value_range=(lo, hi), height=250),
+            key=f"slices_act_{name}", config={"displayModeBar": False})
+    explain("The filter's output (its activation map) on one forgotten and one retained photo, "
+            "before and after, on one shared colour scale. A filter that carried the forgotten "
+            "person tends to change its response to their photo more than to others'.")
+else:
+    st.dataframe(pd.DataFrame([{"photo": name, "before": float(a), "after": float(b),
+                                "change": float(b - a)} for name, (a, b) in acts.items()]),
+                 hide_index=True)
+    explain("The neuron's output on one forgotten and one retained photo, before and after.")

@@ -1,0 +1,229 @@
+"""The dashboard under Streamlit's AppTest harness: every page, the main flows, session isolation.
+
+Removals run with the dashboard's quick presets (lcodec_app/presets.py), on identities they
+remove reliably, five removals and one retraining in all, so the module stays within a few
+minutes on two CPU cores. Jobs run on threads in the app; ``finish`` waits for the session's
+job and reruns the script, as the page's polling fragment would.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("captum")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP_DIR = Path(__file__).resolve().parents[1] / "app"
+APP = APP_DIR / "streamlit_app.py"
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+PAGES = ["views/start.py", "views/model_data.py", "views/forget.py", "views/slices.py",
+         "views/before_after.py", "views/live_accuracy.py", "views/audit.py"]
+NEEDS_REMOVAL = ["views/slices.py", "views/before_after.py", "views/audit.py"]
+FORGET_ID, OTHER_ID = 5, 0  # identities the quick presets remove reliably
+JOB_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 120
+
+
+def start_app(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=RUN_TIMEOUT_S)
+    if query:
+        at.query_params.update(query)
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def finish(at: AppTest) -> AppTest:
+    """Wait for the session's running job, then rerun so the page commits and shows it."""
+    job = at.session_state["job"]
+    assert job is not None, "no job was started"
+    assert job.wait(JOB_TIMEOUT_S), f"{job.label} did not finish in {JOB_TIMEOUT_S} s"
+    assert job.error is None, repr(job.error)
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def metric(at: AppTest, label: str) -> float:
+    """The value of the st.metric called ``label``, as a fraction."""
+    values = [m.value for m in at.metric if m.label == label]
+    assert values, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return float(values[0].rstrip("%")) / 100
+
+
+def run_forget(at: AppTest, identity: int) -> None:
+    """On the Forget page, choose ``identity`` and press Run (the job starts, not awaited)."""
+    at.switch_page("views/forget.py").run()
+    at.selectbox(key="forget_identity").set_value(identity).run()
+    at.button(key="forget_run").click().run()
+    assert_clean(at)
+
+
+def base_hash() -> str:
+    """Hash of the shared base model, straight from the server-wide cache."""
+    from lcodec_app import state
+    from models import state_hash
+    return state_hash(state.shared_base("olivetti", "small_cnn").checkpoint.model)
+
+
+@pytest.fixture(scope="module")
+def trained(trained_small_cnn):
+    """The default model, trained and cached in the test LCODEC_HOME before the app loads it."""
+    checkpoint, _ = trained_small_cnn
+    from models import state_hash
+    return state_hash(checkpoint.model)
+
+
+@pytest.fixture(scope="module")
+def removed(trained) -> AppTest:
+    """A session that followed the guided first removal of person FORGET_ID on Start here."""
+    at = start_app({"identity": str(FORGET_ID)})
+    at.button(key="start_run").click().run()
+    assert_clean(at)
+    return finish(at)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_before_any_removal(trained, page):
+    at = start_app()
+    at.switch_page(page).run()
+    assert_clean(at)
+    assert at.title, f"{page} has no title"
+    if page in NEEDS_REMOVAL:
+        assert any("Nothing has been removed yet" in i.value for i in at.info)
+
+
+def test_url_carries_model_and_identity(trained):
+    at = start_app({"dataset": "olivetti", "model": "small_cnn", "identity": "7"})
+    assert at.selectbox(key="start_identity").value == 7
+    at.selectbox(key="start_identity").set_value(9).run()
+    assert at.query_params["identity"] == "9"
+    assert at.query_params["model"] == "small_cnn"
+    bad = start_app({"dataset": "nope", "model": "nope", "identity": "999"})
+    assert bad.query_params["dataset"] == "olivetti"
+    assert "identity" not in bad.query_params or bad.query_params["identity"] != "999"
+
+
+def test_guided_first_removal_forgets_the_person(removed, trained):
+    assert any("Removed identity" in s.value for s in removed.success)
+    assert metric(removed, "Forgotten photos: accuracy") <= 0.5
+    assert metric(removed, "Retained photos: accuracy") >= 0.95
+    assert removed.button(key="start_run").disabled  # this person is gone now
+    bench = removed.session_state["workbench"]
+    assert [r.request.identity for r in bench.history] == [FORGET_ID]
+    assert base_hash() == trained
+
+
+@pytest.mark.parametrize("page", NEEDS_REMOVAL)
+def test_pages_after_a_removal(removed, page):
+    removed.switch_page(page).run()
+    assert_clean(removed)
+    assert removed.get("plotly_chart"), f"{page} drew no chart"
+
+
+def test_slices_page_lists_the_selection(removed):
+    removed.switch_page("views/slices.py").run()
+    bench = removed.session_state["workbench"]
+    selected = bench.history[-1].result.selected_slices
+    assert metric_text(removed, "Slices selected") == str(len(selected))
+    free = removed.toggle(key="slices_free").set_value(True).run()
+    free.selectbox(key="slices_layer").set_value("conv1").run()
+    assert_clean(free)
+    removed.toggle(key="slices_free").set_value(False).run()
+
+
+def metric_text(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_before_after_activation_view(removed):
+    removed.switch_page("views/before_after.py").run()
+    removed.segmented_control(key="ba_view").set_value("Selected channels").run()
+    assert_clean(removed)
+    assert any("Prediction before" in c.value for c in removed.caption)
+
+
+def test_audit_retrains_and_downloads(removed, tmp_path):
+    from lcodec_app import report
+    from models import load_checkpoint
+    removed.switch_page("views/audit.py").run()
+    removed.button(key="audit_retrain").click().run()
+    finish(removed)
+    bench = removed.session_state["workbench"]
+    retrained = bench.history[-1].retrained
+    assert retrained is not None and retrained["forget_accuracy"] <= 0.2
+    assert metric_text(removed, "Speed-up").endswith("x")
+    assert len(removed.get("download_button")) == 3
+    data = json.loads(report.report_json(bench))
+    assert data["removals"][0]["identity"] == FORGET_ID
+    assert data["removals"][0]["metrics"]["retrained"] is not None
+    assert "| forget accuracy |" in report.report_markdown(bench)
+    path = tmp_path / "model.pt"
+    path.write_bytes(report.model_bytes(bench))
+    loaded = load_checkpoint(path)
+    from models import state_hash
+    assert state_hash(loaded.model) == bench.current_hash
+    assert loaded.metadata["lineage"]["removals"][0]["identity"] == FORGET_ID
+
+
+def test_two_sessions_forget_at_once_then_undo_and_reset(trained):
+    first, second = start_app(), start_app()
+    run_forget(first, FORGET_ID)
+    run_forget(second, OTHER_ID)  # both jobs now run at once, on two threads
+    finish(first)
+    finish(second)
+    one, two = first.session_state["workbench"], second.session_state["workbench"]
+    assert [r.request.identity for r in one.history] == [FORGET_ID]
+    assert [r.request.identity for r in two.history] == [OTHER_ID]
+    assert one.original is not two.original and one.current is not two.current
+    assert one.current_hash != two.current_hash
+    assert one.base_hash == two.base_hash == trained == base_hash()
+    assert any("Removed identity" in s.value for s in first.success)  # result in place
+    assert not start_app().session_state["workbench"].history  # a new session starts clean
+
+    first.button(key="forget_undo").click().run()
+    assert_clean(first)
+    assert not one.history and one.current_hash == trained
+    assert not first.get("plotly_chart")  # the result went with the removal
+    assert [r.request.identity for r in two.history] == [OTHER_ID]  # the other session is untouched
+
+    second.button(key="forget_reset").click().run()
+    assert_clean(second)
+    assert not two.history and two.current is two.original
+    assert base_hash() == trained
+
+
+def test_live_accuracy_stream_and_stop(trained):
+    at = start_app()
+    at.switch_page("views/live_accuracy.py").run()
+    at.multiselect(key="live_people").set_value([FORGET_ID, OTHER_ID])
+    at.radio(key="live_reference").set_value("none")
+    at.button(key="live_start").click().run()
+    assert_clean(at)
+    finish(at)
+    job = at.session_state["finished"]["live"]
+    rows = [e["row"] for e in job.events if e.get("phase") == "step"]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["forget_accuracy"] <= 0.5 and rows[-1]["retain_accuracy"] >= 0.9
+    assert at.get("plotly_chart")
+    assert not at.session_state["workbench"].history  # a sandbox: the session model is unchanged
+
+    at.multiselect(key="live_people").set_value([1, 2, 3]).run()
+    at.button(key="live_start").click().run()
+    at.session_state["job"].stop()
+    job = at.session_state["job"]
+    assert job.wait(JOB_TIMEOUT_S) and job.cancelled
+    at.run()
+    assert_clean(at)
+    assert any("Stopped after" in w.value for w in at.warning)
