@@ -38,6 +38,9 @@ from lcodec_core.neighbors import (
     BACKENDS,
     BLOCK_ELEMENTS,
     NeighborIndex,
+    _concat,
+    _host,
+    _like,
     nearest_in_each_column,
     nearest_with_extra_column,
 )
@@ -52,6 +55,7 @@ FIRST_SCAN = {1: 128, 2: 32, 3: 24}  # S-neighbours scanned densely per point, b
 # the points nearer in S than the joint nearest neighbour number about m^(1/(|S|+1)); these
 # balance the dense scan against finishing the unproven pairs at m ~ 1000 (measured)
 FIRST_SCAN_OTHERWISE = 16  # the same for |S| >= 4
+_TORCH_ON_CPU = False  # tests set this to run the CUDA code path (torch tensors) on the CPU
 SAFE_MAGNITUDE = 2.0**500  # beyond this (or below its inverse) rescale by a power of two
 
 STOP_REASONS = {
@@ -150,16 +154,16 @@ def _codec_terms(y, z, x, *, generator: np.random.Generator, backend: str) -> tu
     _check_backend(backend)
     response = _response(y)
     m = response.shape[0]
-    on_cuda = any(isinstance(v, torch.Tensor) and v.is_cuda for v in (y, z, x))
-    given = _design("z", z, m, on_cuda)
-    given_x = None if x is None else _design("x", x, m, on_cuda, allow_empty=True)
+    device = _compute_device(y, z, x)
+    given = _design("z", z, m, device)
+    given_x = None if x is None else _design("x", x, m, device, allow_empty=True)
     if given_x is not None and given_x.shape[1] == 0:
         given_x = None
     rank, rank_rev = max_ranks(response)
 
     order = generator.permutation(m)
     parts = [given] if given_x is None else [given_x, given]
-    space = _concat(parts)[_index_like(order, given)]  # (m, dx + dz), rows shuffled
+    space = _concat(parts, axis=1)[_index_like(order, given)]  # (m, dx + dz), rows shuffled
     space = _jitter(_rescale_if_extreme(space), generator, dims=space.shape[1])
     rank, rank_rev = rank[order], rank_rev[order]
 
@@ -254,8 +258,7 @@ def _prepare_foci(y, features, *, standardize: bool, generator: np.random.Genera
     """Validate, rank Y, standardise, shuffle rows and jitter, once."""
     response = _response(y)
     m = response.shape[0]
-    on_cuda = isinstance(features, torch.Tensor) and features.is_cuda
-    points = _design("features", features, m, on_cuda, matrix_only=True)
+    points = _design("features", features, m, _compute_device(features), matrix_only=True)
     constant = np.flatnonzero(_host(_column_max(points) == _column_max(-points) * -1))
     if constant.size:
         shown = ", ".join(str(c) for c in constant[:10]) + (", ..." if constant.size > 10 else "")
@@ -369,24 +372,30 @@ def _response(y) -> np.ndarray:
     return values
 
 
-def _design(name: str, value, m: int, on_cuda: bool, *, allow_empty: bool = False, matrix_only: bool = False):
-    """A predictor block as float64, shape (m, d): numpy on CPU, torch on CUDA."""
+def _compute_device(*inputs) -> torch.device | None:
+    """Where the work runs: the CUDA device of a CUDA tensor input, else None (numpy)."""
+    for value in inputs:
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            return value.device
+    return torch.device("cpu") if _TORCH_ON_CPU else None
+
+
+def _design(name: str, value, m: int, device, *, allow_empty: bool = False, matrix_only: bool = False):
+    """A predictor block as float64, shape (m, d): numpy (device None) or torch on ``device``."""
     if matrix_only and len(np.shape(value)) != 2:
         raise ValueError(f"{name} must have shape (m, D), got shape {tuple(np.shape(value))}")
     if isinstance(value, torch.Tensor):
         if value.is_complex():
             raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
         array = value.detach().to(torch.float64)
-        array = array.cuda() if on_cuda and not array.is_cuda else array
-        if not on_cuda:
-            array = array.cpu().numpy()
+        array = array.cpu().numpy() if device is None else array.to(device)
     else:
         raw = np.asarray(value)
         if raw.dtype.kind not in "biuf":
             raise ValueError(f"{name} must hold real numbers, got dtype {raw.dtype}")
         array = raw.astype(np.float64)
-        if on_cuda:
-            array = torch.from_numpy(array).cuda()
+        if device is not None:
+            array = torch.from_numpy(array).to(device)
     if array.ndim == 1:
         array = array[:, None]
     if array.ndim != 2:
@@ -456,25 +465,8 @@ def _jitter(points, generator: np.random.Generator, *, dims: int):
 # ====================================================================== numpy / torch glue
 # Arrays live in numpy on the CPU (numpy is faster than torch's threaded kernels for
 # these memory-bound loops on a few cores) and in torch on CUDA.
-def _host(value) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-
-def _like(array: np.ndarray, reference):
-    """A host array moved to wherever ``reference`` lives."""
-    if isinstance(reference, torch.Tensor):
-        return torch.as_tensor(np.ascontiguousarray(array), device=reference.device)
-    return array
-
-
 def _index_like(indices: np.ndarray, reference):
     return _like(np.asarray(indices, dtype=np.int64), reference)
-
-
-def _concat(parts, axis: int = 1):
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts, dim=axis)
-    return np.concatenate(parts, axis=axis)
 
 
 def _exact_sum(values) -> int:

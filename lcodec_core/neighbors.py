@@ -386,8 +386,12 @@ def nearest_in_each_column(columns):
         if isinstance(cols, torch.Tensor):
             values, order = torch.sort(cols, dim=0, stable=True)
         else:
-            order = np.argsort(cols, axis=0, kind="stable")
-            values = np.take_along_axis(cols, order, 0)
+            order = np.argsort(cols, axis=0)  # quicksort: about twice as fast as a stable sort,
+            values = np.take_along_axis(cols, order, 0)  # and the same order unless values tie
+            tied = np.flatnonzero((values[1:] == values[:-1]).any(axis=0))
+            if tied.size:
+                order[:, tied] = np.argsort(cols[:, tied], axis=0, kind="stable")
+                values[:, tied] = np.take_along_axis(cols[:, tied], order[:, tied], 0)
         gaps = values[1:] - values[:-1]  # (m - 1, b): gaps[p] = sorted[p + 1] - sorted[p] >= 0
         # position p takes p - 1 when gaps[p - 1] <= gaps[p]; the two ends have one choice
         step = _where(gaps[:-1] <= gaps[1:], -1, 1)  # (m - 2, b)
@@ -672,7 +676,8 @@ def _host(value) -> np.ndarray:
 def _like(array, reference):
     """A host array moved to wherever ``reference`` lives."""
     if isinstance(reference, torch.Tensor):
-        return torch.as_tensor(np.ascontiguousarray(array), device=reference.device)
+        array = np.ascontiguousarray(array)
+        return torch.as_tensor(array if array.flags.writeable else array.copy(), device=reference.device)
     return array
 
 

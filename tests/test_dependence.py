@@ -366,6 +366,19 @@ def test_foci_accepts_torch_tensors_and_unstandardized_features():
     assert set(result.selected[:3]) == {0, 1, 2}
 
 
+def test_the_torch_code_path_gives_the_same_results(monkeypatch):
+    """The CUDA path (torch tensors throughout), run on the CPU, on tie-free data."""
+    y, features = planted(300, 20, seed=7, uniform=True)
+    rng = np.random.default_rng(8)
+    x, z = rng.standard_normal((300, 2)), rng.standard_normal((300, 1))
+    target = z[:, 0] + x[:, 0] + rng.standard_normal(300)
+    want = (foci(y, features, rng=3), codec(target, z, x, rng=3), codec(target, z, rng=3))
+    monkeypatch.setattr(dependence, "_TORCH_ON_CPU", True)
+    monkeypatch.setattr(dependence, "FIRST_SCAN", {})
+    monkeypatch.setattr(dependence, "FIRST_SCAN_OTHERWISE", 4)
+    assert (foci(y, features, rng=3), codec(target, z, x, rng=3), codec(target, z, rng=3)) == want
+
+
 # ---------------------------------------------------------------- hypothesis
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 moderate = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)

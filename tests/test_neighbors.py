@@ -167,3 +167,14 @@ def test_extra_column_search_on_near_duplicates(backend):
     base, columns = data[:, :2], data[:, 2:]
     found = nearest_with_extra_column(NeighborIndex(base, backend=backend), columns, first_scan=8)
     np.testing.assert_array_equal(found, _per_column_truth(base, columns))
+
+
+def test_the_torch_code_path_of_the_column_searches_matches_numpy():
+    """What runs on CUDA, run on CPU tensors: the same neighbours."""
+    data = continuous(220, 14, seed=9)
+    for dim in (1, 3):
+        base, columns = data[:, :dim], data[:, dim:]
+        want = nearest_with_extra_column(NeighborIndex(base), columns, first_scan=4)
+        got = nearest_with_extra_column(NeighborIndex(torch.from_numpy(base)), torch.from_numpy(columns), first_scan=4)
+        np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(nearest_in_each_column(torch.from_numpy(data)).numpy(), nearest_in_each_column(data))
