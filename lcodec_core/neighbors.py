@@ -54,6 +54,7 @@ BACKENDS = ("auto", "sort", "kdtree", "faiss", "torch")
 KDTREE_MAX_DIM = 10  # cKDTree beats brute force up to about this dimension
 BRUTE_MAX_POINTS = 4096  # below this, exact float64 all-pairs is cheap enough
 BLOCK_ELEMENTS = 1 << 23  # elements per (rows, m) or (rows, m, d) block: 64 MiB in float64
+GPU_BLOCK_ELEMENTS = 1 << 26  # the same for all-pairs blocks on a GPU: 512 MiB in float64
 FAISS_EXTRA = 16  # candidates fetched beyond k before the float64 re-check
 FAISS_GPU_MAX_K = 2048  # faiss GPU indexes refuse larger k
 FLOAT32_UNIT = 2.0**-24  # unit roundoff of float32
@@ -326,7 +327,7 @@ def _exact_rows(points: torch.Tensor, rows: np.ndarray, k: int) -> tuple[np.ndar
     squared distances and sorted.
     """
     m, d = points.shape
-    block = max(1, BLOCK_ELEMENTS // m)
+    block = max(1, (GPU_BLOCK_ELEMENTS if points.is_cuda else BLOCK_ELEMENTS) // m)
     rows_t = torch.as_tensor(rows, dtype=torch.long, device=points.device)
     out_found, out_sq = [], []
     for start in range(0, rows.size, block):
@@ -599,14 +600,10 @@ def _scan_pairs(base, cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray
     per_chunk = max(1, BLOCK_ELEMENTS // m)
     for start in range(0, distinct.size, per_chunk):
         chunk = distinct[start : start + per_chunk]
-        sq = _host(_sq_to_all(base, chunk))  # (u, m) exact D_S, inf at self
-        counts = (sq < reach[start : start + chunk.size, None]).sum(axis=1)  # (u,) points any pair may need
+        sq = _sq_to_all(base, chunk)  # (u, m) exact D_S, inf at self, beside ``base``
+        counts = _host((sq < _like(reach[start : start + chunk.size, None], sq)).sum(1))  # (u,) most any pair needs
         width = int(min(m - 1, max(1, np.quantile(counts, LIST_QUANTILE))))
-        listed = np.argpartition(sq, width - 1, axis=1)[:, :width] if width < m - 1 else np.argsort(sq, axis=1)[:, :width]
-        listed_sq = np.take_along_axis(sq, listed, 1)
-        by_distance = np.argsort(listed_sq, axis=1, kind="stable")
-        listed = np.take_along_axis(listed, by_distance, 1)  # (u, width) nearest in S first
-        listed_sq = np.take_along_axis(listed_sq, by_distance, 1)
+        listed, listed_sq = _nearest_sorted(sq, width)  # (u, width) host arrays, nearest in S first
         seen = (listed_sq < (scanned[chunk] * (1 - ROUNDING_SLACK))[:, None]).sum(axis=1)  # dense-scanned prefix
 
         lo_pair = np.searchsorted(rows, chunk[0], side="left")
@@ -631,19 +628,34 @@ def _scan_pairs(base, cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray
             beyond = np.flatnonzero(listed_sq[slot, -1] < current * (1 + ROUNDING_SLACK))
             for g in range(0, beyond.size, per_chunk):
                 pick = beyond[g : g + per_chunk]
-                every = np.broadcast_to(np.arange(m), (pick.size, m))
-                _improve(flat, best, best_at, pair_rows[pick], pair_cols[pick], every, sq[slot[pick]], m)
+                every = _arange(m, sq)[None, :].expand(pick.size, m) if isinstance(sq, torch.Tensor) else np.broadcast_to(np.arange(m), (pick.size, m))
+                _improve(flat, best, best_at, pair_rows[pick], pair_cols[pick], every, sq[_like(slot[pick], sq)], m)
+
+
+def _nearest_sorted(sq, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``sq`` (u, m): the ``width`` smallest, ascending, as host arrays."""
+    if isinstance(sq, torch.Tensor):
+        values, found = torch.topk(sq, width, dim=1, largest=False, sorted=True)
+        return _host(found), _host(values)
+    if width < sq.shape[1] - 1:
+        found = np.argpartition(sq, width - 1, axis=1)[:, :width]
+    else:
+        found = np.argsort(sq, axis=1)[:, :width]
+    values = np.take_along_axis(sq, found, 1)
+    order = np.argsort(values, axis=1, kind="stable")
+    return np.take_along_axis(found, order, 1), np.take_along_axis(values, order, 1)
 
 
 def _improve(flat, best, best_at, r, c, k, k_sq, m) -> None:
     """best/best_at[r, c] <- the nearest of points k (q, s) if nearer, k_sq = D_S(r, k)."""
     r_d, c_d = _like(r, flat), _like(c, flat)
-    joint = flat[_like(k + (c * m)[:, None], flat)] - flat[c_d * m + r_d][:, None]
+    k = _like(k, flat)  # (q, s) on the device of ``flat`` (a view stays a view on the CPU)
+    joint = flat[k + _like(c * m, flat)[:, None]] - flat[c_d * m + r_d][:, None]
     joint = joint * joint + _like(k_sq, flat)  # D_S + (a(i) - a(k))^2, (q, s)
     value, at = _min_rows(joint)
     current = best[r_d, c_d]
     better = value < current
-    chosen = _like(np.ascontiguousarray(k), flat)[_arange(r.size, flat), at]
+    chosen = k[_arange(r.size, flat), at]
     best[r_d, c_d] = _where(better, value, current)
     best_at[r_d, c_d] = _where(better, chosen, best_at[r_d, c_d])
 
@@ -674,7 +686,9 @@ def _host(value) -> np.ndarray:
 
 
 def _like(array, reference):
-    """A host array moved to wherever ``reference`` lives."""
+    """A host array (or a tensor) moved to wherever ``reference`` lives."""
+    if isinstance(array, torch.Tensor):
+        return array.to(reference.device) if isinstance(reference, torch.Tensor) else array.cpu().numpy()
     if isinstance(reference, torch.Tensor):
         array = np.ascontiguousarray(array)
         return torch.as_tensor(array if array.flags.writeable else array.copy(), device=reference.device)
