@@ -54,7 +54,6 @@ except (DataError, CheckpointError, OSError) as error:
 
 bench = state.workbench(base)
 state.collect_finished_job(bench)
-state.sync_url()
 
 with st.sidebar:
     st.markdown(f"**{DATASET_LABELS.get(key.dataset, key.dataset)}**  \n"
@@ -67,4 +66,7 @@ with st.sidebar:
         st.caption(f":material/hourglass_top: {job.label}...")
     st.caption("Your changes are private to this browser tab; the shared model is never edited.")
 
-page.run()
+try:
+    page.run()
+finally:  # also after st.stop() or a rerun: the URL shows what the page just chose
+    state.sync_url()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -16,7 +17,10 @@ METRIC_LABELS = {
 MODEL_COLOURS = {"original": "#8c8c8c", "unlearned": "#d62728", "retrained": "#1f77b4"}
 LINE_COLOURS = {"forget_accuracy": "#d62728", "retain_accuracy": "#2ca02c",
                 "test_accuracy": "#1f77b4", "forget_test_accuracy": "#ff7f0e"}
-MAP_SCALE = "Inferno"
+# Inferno as rgb() strings: the dashboard's plotly.js draws its first stop, hex "#000004", as
+# purple (as if it were the 4-digit "#RGBA" form), so zero-valued map cells looked purple.
+MAP_SCALE = [[stop, "rgb(%d, %d, %d)" % pcolors.hex_to_rgb(colour)]
+             for stop, colour in pcolors.get_colorscale("Inferno")]
 DIFF_SCALE = "RdBu_r"
 
 
@@ -138,18 +142,26 @@ def image_panels(panels: list[tuple[str, np.ndarray, str]], height: int = 260,
                            f"xaxis{axis}": dict(visible=False, constrain="domain")})
     fig.update_layout(
         coloraxis=dict(colorscale=MAP_SCALE, cmin=lo, cmax=hi,
-                       colorbar=dict(title="value", orientation="h", y=-0.08, x=0.25, len=0.45,
-                                     thickness=10)),
+                       colorbar=_bar_under(fig, [i for i, p in enumerate(panels) if p[2] == "map"])),
         coloraxis2=dict(colorscale=DIFF_SCALE, cmin=-d, cmax=d,
-                        colorbar=dict(title="after - before", orientation="h", y=-0.08, x=0.78,
-                                      len=0.4, thickness=10)),
-        height=height, margin=dict(l=5, r=5, t=30, b=50), showlegend=False)
+                        colorbar=_bar_under(fig, [i for i, p in enumerate(panels) if p[2] == "diff"])),
+        height=height, margin=dict(l=5, r=5, t=25, b=45), showlegend=False)
     if not diffs:
         fig.update_layout(coloraxis2_showscale=False)
     if not maps:
         fig.update_layout(coloraxis_showscale=False)
     fig.update_annotations(font_size=12)
     return fig
+
+
+def _bar_under(fig: go.Figure, columns: list[int]) -> dict:
+    """A thin horizontal colour bar under the subplots in ``columns`` (0-based)."""
+    if not columns:
+        return dict()
+    domains = [fig.layout[f"xaxis{'' if c == 0 else c + 1}"].domain for c in columns]
+    left, right = min(d[0] for d in domains), max(d[1] for d in domains)
+    return dict(orientation="h", x=(left + right) / 2, xanchor="center", len=(right - left) * 0.9,
+                y=-0.02, yanchor="top", thickness=8, tickfont=dict(size=10), outlinewidth=0)
 
 
 def live_accuracy(rows: list[dict], reference: list[dict], metrics=tuple(LINE_COLOURS)) -> go.Figure:

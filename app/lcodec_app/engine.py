@@ -62,6 +62,7 @@ def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnCo
     hash_before = workbench.current_hash
 
     def work(report: Report) -> Removal:
+        report({"phase": "probe", "fraction": 0.0, "message": "measuring accuracy before"})
         before = evaluate(model, bundle, request)
         original_metrics = evaluate(original, bundle, request)
         result = locked_unlearn(model, request, config, report, weight_decay)

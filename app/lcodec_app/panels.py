@@ -8,15 +8,16 @@ from . import charts
 from .widgets import explain, pct, points
 from .workbench import Removal, Workbench
 
-FORGOTTEN_LABEL = "Forgotten photos: accuracy"
-RETAINED_LABEL = "Retained photos: accuracy"
-HELD_OUT_LABEL = "Held-out photos of others: accuracy"
-HELD_OUT_FORGOTTEN_LABEL = "Held-out photos of the forgotten: accuracy"
+FORGOTTEN_LABEL = "Forgotten photos"
+RETAINED_LABEL = "Retained photos"
+HELD_OUT_LABEL = "Held-out, others"
+HELD_OUT_FORGOTTEN_LABEL = "Held-out, forgotten"
 
 
 def result_metrics(removal: Removal) -> None:
     """Four numbers, each after the removal with its change (data-testid stMetric)."""
     before, after = removal.before, removal.after
+    st.markdown("**Accuracy after the removal** (change from before)")
     cols = st.columns(4)
     cols[0].metric(FORGOTTEN_LABEL, pct(after["forget_accuracy"]),
                    points(before["forget_accuracy"], after["forget_accuracy"]),
@@ -27,10 +28,10 @@ def result_metrics(removal: Removal) -> None:
                    help="Accuracy on every training photo that was kept: it should stay high.")
     cols[2].metric(HELD_OUT_LABEL, pct(after["test_accuracy"]),
                    points(before["test_accuracy"], after["test_accuracy"]),
-                   help="Photos never used for training, of people who were not removed.")
+                   help="Held-out photos (never used for training) of people who were not removed.")
     cols[3].metric(HELD_OUT_FORGOTTEN_LABEL, pct(after["forget_test_accuracy"]),
                    points(before["forget_test_accuracy"], after["forget_test_accuracy"]),
-                   delta_color="inverse", help="Photos of the removed person that were never "
+                   delta_color="inverse", help="Held-out photos of the removed person, never "
                    "used for training (n/a when single photos were removed).")
 
 

@@ -127,7 +127,7 @@ def settings_form(key: str, defaults: UnlearnConfig, method_choice: bool = True)
                           retain_subsample=int(subsample) or None)
 
 
-def _phase_rows(job: Job, phases) -> None:
+def _phase_rows(box, job: Job, phases) -> None:
     events, latest = job.snapshot()
     seen = [e.get("phase") for e in events]
     last = next((p for p in reversed(seen) if p in phases), None)
@@ -136,12 +136,12 @@ def _phase_rows(job: Job, phases) -> None:
         if event is None and (last is None or phases.index(phase) > phases.index(last)):
             if phase == "noise":
                 continue
-            st.progress(0.0, text=f"{PHASE_LABELS.get(phase, phase)}: waiting")
+            box.progress(0.0, text=f"{PHASE_LABELS.get(phase, phase)}: waiting")
             continue
         done = last is not None and phases.index(phase) < phases.index(last)
         fraction = 1.0 if done or "done" in latest else float(event.get("fraction", 0.0))
         message = event.get("message", "") if event else ""
-        st.progress(min(max(fraction, 0.0), 1.0),
+        box.progress(min(max(fraction, 0.0), 1.0),
                     text=f"{PHASE_LABELS.get(phase, phase)}: {'done' if done else message}")
 
 
@@ -153,23 +153,24 @@ def job_progress(kinds: tuple[str, ...]) -> None:
         return
     if job.done:
         st.rerun(scope="app")
-    with st.status(f"{job.label} ({job.elapsed_s:.0f} s)", expanded=True, state="running"):
-        if job.kind == "unlearn":
-            _phase_rows(job, list(UNLEARN_PHASES))
-        elif job.kind == "retrain":
-            _phase_rows(job, ["retrain"])
-        else:
-            _, latest = job.snapshot()
-            step = latest.get("step", {})
-            st.progress(float(step.get("fraction", 0.0)), text=step.get("message", "starting"))
-            inner = [e for p, e in latest.items() if p not in ("step", "reference")]
-            if inner:
-                event = max(inner, key=lambda e: e.get("step", 0))
-                st.caption(f"current: {event.get('message', '')}")
-        if job.stop_requested:
-            st.caption("stopping at the next checkpoint...")
-        else:
-            st.button("Stop", key=f"stop_{job.kind}", on_click=state.stop_job, icon=":material/stop:")
+    # Not a `with` block: leaving one marks the status complete while the job still runs.
+    box = st.status(f"{job.label} ({job.elapsed_s:.0f} s)", expanded=True, state="running")
+    if job.kind == "unlearn":
+        _phase_rows(box, job, list(UNLEARN_PHASES))
+    elif job.kind == "retrain":
+        _phase_rows(box, job, ["retrain"])
+    else:
+        _, latest = job.snapshot()
+        step = latest.get("step", {})
+        box.progress(float(step.get("fraction", 0.0)), text=step.get("message", "starting"))
+        inner = [e for p, e in latest.items() if p not in ("step", "reference")]
+        if inner:
+            event = max(inner, key=lambda e: e.get("step", 0))
+            box.caption(f"now: {event.get('message', '')}")
+    if job.stop_requested:
+        box.caption("stopping at the next checkpoint...")
+    else:
+        box.button("Stop", key=f"stop_{job.kind}", on_click=state.stop_job, icon=":material/stop:")
 
 
 def show_job_error(kind: str) -> None:

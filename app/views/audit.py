@@ -46,12 +46,12 @@ st.subheader("Cost")
 cols = st.columns(4)
 unlearn_s = result.timings.get("unlearn_s", 0.0)
 cols[0].metric("Unlearning time", f"{unlearn_s:.1f} s")
-if removal.retrain_s:
-    cols[1].metric("Retraining time", f"{removal.retrain_s:.1f} s",
-                   help="Wall time of retraining from scratch on this machine.")
-    cols[2].metric("Speed-up", f"{removal.retrain_s / max(unlearn_s, 1e-9):.1f}x")
+cols[1].metric("Retraining time", f"{removal.retrain_s:.1f} s" if removal.retrain_s else "not run",
+               help="Wall time of retraining from scratch on this machine.")
+cols[2].metric("Speed-up", f"{removal.retrain_s / max(unlearn_s, 1e-9):.1f}x"
+               if removal.retrain_s else "n/a")
 cols[3].metric("Parameters updated", f"{result.parameters_updated:,}",
-               f"{result.parameter_share:.2%} of the model", delta_color="off")
+               f"{result.parameter_share:.2%} of the model", delta_color="off", delta_arrow="off")
 
 st.subheader("Noise and guarantee")
 epsilon, delta = bench.privacy_spent()

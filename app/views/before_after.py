@@ -87,7 +87,7 @@ for title, (b_maps, a_maps, images, targets, pred_b, pred_a) in maps.items():
              ("original model", b_maps[n], "map"), ("unlearned model", a_maps[n], "map"),
              ("difference", a_maps[n] - b_maps[n], "diff")],
             value_range=value_range, diff_range=diff_range, height=270),
-            key=f"ba_{title}_{n}", config={"displayModeBar": False})
+            key=f"ba_{title}_{n}", theme=None, config={"displayModeBar": False})
         st.caption(f"Prediction before: **{names[pred_b[0][n]]}** ({pred_b[1][n]:.0%})  →  after: "
                    f"**{names[pred_a[0][n]]}** ({pred_a[1][n]:.0%}); probability of "
                    f"{person}: {pred_b[2][n, int(targets[n])]:.0%} → {pred_a[2][n, int(targets[n])]:.0%}")

@@ -23,7 +23,11 @@ identity = identity_picker(bench, key="forget_identity")
 removed = set(bench.removed_indices)
 photos = [i for i in bundle.train.indices_of(identity) if i not in removed]
 
-if what == "A whole person":
+if identity in bench.removed_identities:
+    st.info(f"{bench.class_names[identity]} was already removed in this session. Pick someone "
+            "else, or undo below.", icon=":material/person_off:")
+    chosen = []
+elif what == "A whole person":
     thumbnails(bench, photos, captions=[f"#{i}" for i in photos], width=64)
     explain(f"All {len(photos)} remaining training photos of {bench.class_names[identity]} "
             "will be forgotten. Their held-out photos stay untouched, to test recognition.")
@@ -67,8 +71,8 @@ show_job_error("unlearn")
 
 if bench.history:
     result_panel(bench, bench.history[-1], chart_key="forget_result_chart")
-    cols = st.columns([1, 1, 3])
-    cols[0].button("Undo last removal", icon=":material/undo:", disabled=busy(), key="forget_undo",
+    cols = st.columns([1, 1, 2])
+    cols[0].button("Undo", icon=":material/undo:", disabled=busy(), key="forget_undo",
                    on_click=bench.undo)
     cols[1].button("Reset to original", icon=":material/restart_alt:", disabled=busy(),
                    key="forget_reset", on_click=bench.reset)

@@ -79,7 +79,7 @@ mosaic_after = charts.mosaic(w_after, input_shape)
 st.plotly_chart(charts.image_panels([("before", mosaic_before, "map"),
                                      ("after", mosaic_after, "map"),
                                      ("change", mosaic_after - mosaic_before, "diff")], height=300),
-                key="slices_weights", config={"displayModeBar": False})
+                key="slices_weights", theme=None, config={"displayModeBar": False})
 changed = not np.array_equal(w_before, w_after)
 explain(("The filter's weights before and after the removal on one colour scale, and their "
          "change (red up, blue down). " if w_before.ndim == 3 else
@@ -103,7 +103,7 @@ if np.ndim(next(iter(acts.values()))[0]) == 2:
         st.plotly_chart(charts.image_panels(
             [(name, bundle.to_pixels(img)[0], "photo"), ("before", a, "map"), ("after", b, "map"),
              ("change", b - a, "diff")], value_range=(lo, hi), height=250),
-            key=f"slices_act_{name}", config={"displayModeBar": False})
+            key=f"slices_act_{name}", theme=None, config={"displayModeBar": False})
     explain("The filter's output (its activation map) on one forgotten and one retained photo, "
             "before and after, on one shared colour scale. A filter that carried the forgotten "
             "person tends to change its response to their photo more than to others'.")

@@ -7,6 +7,7 @@ from lcodec_app.panels import result_panel
 from lcodec_app.presets import GUIDED
 from lcodec_app.widgets import explain, face, identity_picker, job_progress, pct, show_job_error, \
     thumbnails
+from lcodec_core.evaluation import evaluate
 from lcodec_core.requests import make_request
 
 bench = st.session_state.workbench
@@ -37,6 +38,14 @@ with st.container(border=True):
     thumbnails(bench, forget_indices, width=64)
     explain(f"These {len(forget_indices)} training photos of {bench.class_names[identity]} "
             "are what the model will forget.")
+    if identity not in bench.removed_identities:
+        now = evaluate(bench.current, bundle, make_request(
+            bundle, identity=identity, already_removed=bench.removed_indices))
+        cols = st.columns(2)
+        cols[0].metric("Their photos recognised now", pct(now["forget_accuracy"]),
+                       help="Share of these training photos the model names correctly today.")
+        cols[1].metric("Everyone else's photos", pct(now["retain_accuracy"]),
+                       help="Share of all other training photos it names correctly.")
 
 with st.container(border=True):
     st.subheader("3. Remove them", divider="gray")
@@ -71,8 +80,8 @@ cols = st.columns(3)
 with cols[0]:
     st.page_link("views/slices.py", label="See which slices changed", icon=":material/grid_on:")
 with cols[1]:
-    st.page_link("views/before_after.py", label="Where the model looks, before and after",
+    st.page_link("views/before_after.py", label="Where it looks now",
                  icon=":material/compare:")
 with cols[2]:
-    st.page_link("views/audit.py", label="Compare with retraining from scratch",
+    st.page_link("views/audit.py", label="Compare with retraining",
                  icon=":material/fact_check:")

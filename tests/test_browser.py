@@ -1,0 +1,149 @@
+"""Real browser: the guided first removal, driven in Debian's Chromium against `streamlit run`.
+
+The server runs as a subprocess on a free port with the test session's LCODEC_HOME (where
+``trained_small_cnn`` has already cached the default model) and is awaited on its
+``/_stcore/health`` endpoint. Screenshots (desktop 1280x800 and phone 390x844) go to
+``test-output/``. Skipped where Chromium or Playwright is missing.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "app" / "streamlit_app.py"
+OUTPUT = REPO / "test-output"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FORGET_ID = 5
+STARTUP_TIMEOUT_S = 90
+REMOVAL_TIMEOUT_S = 300
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+sync_api = pytest.importorskip("playwright.sync_api")
+if not os.access(CHROMIUM, os.X_OK):
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Poll the health endpoint until it answers "ok" (or the server dies, or time runs out)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200 and response.read().strip() == b"ok":
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)  # polling interval, not a wait for readiness
+    raise TimeoutError(f"streamlit not healthy after {timeout_s} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(trained_small_cnn, tmp_path_factory):
+    """`streamlit run app/streamlit_app.py` on a free localhost port; yields its base URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # LCODEC_HOME / LCODEC_OFFLINE from conftest
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+             "--server.address", "localhost", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        wait_healthy(url, process, log, STARTUP_TIMEOUT_S)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def metric_value(page, label: str) -> float:
+    """The displayed value of the st.metric labelled ``label`` (a percentage) as a fraction."""
+    card = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(f"^{label}$")))
+    text = card.locator('[data-testid="stMetricValue"]').first.inner_text(timeout=30_000)
+    return float(text.strip().rstrip("%")) / 100
+
+
+def settle(page) -> None:
+    """Wait until the script run is over and every chart on screen is drawn."""
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
+    charts = page.locator(".js-plotly-plot")
+    for i in range(charts.count()):
+        charts.nth(i).locator(".main-svg").first.wait_for(state="attached", timeout=30_000)
+
+
+def scroll_to(page, text: str) -> None:
+    page.get_by_text(text).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+
+
+def test_first_removal_journey(server, browser):
+    OUTPUT.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server}/?identity={FORGET_ID}")
+    page.get_by_role("heading", name="Make a model forget a person").wait_for(timeout=60_000)
+
+    # Step 2 shows how well the chosen person is recognised before anything is removed.
+    forgotten_before = metric_value(page, "Their photos recognised now")
+    retained_before = metric_value(page, "Everyone else's photos")
+    assert forgotten_before >= 0.9
+    assert f"identity={FORGET_ID}" in page.url  # the view is shareable
+
+    page.get_by_role("button", name=f"Forget person {FORGET_ID:02d}").click()
+    page.get_by_text(f"Removed identity {FORGET_ID}").wait_for(timeout=REMOVAL_TIMEOUT_S * 1000)
+
+    forgotten_after = metric_value(page, "Forgotten photos")
+    retained_after = metric_value(page, "Retained photos")
+    assert forgotten_after <= forgotten_before - 0.5, (forgotten_before, forgotten_after)
+    assert retained_after >= retained_before - 0.02, (retained_before, retained_after)
+
+    settle(page)
+    scroll_to(page, "3. Remove them")
+    page.screenshot(path=OUTPUT / "first-removal-desktop.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    scroll_to(page, "Accuracy after the removal")
+    page.screenshot(path=OUTPUT / "first-removal-narrow.png")
+
+    # The maps page opens on the same session and shows the removal.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.get_by_role("link", name="Before and after").first.click()
+    page.get_by_text("The forgotten photos").wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    settle(page)
+    page.screenshot(path=OUTPUT / "before-after-desktop.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=OUTPUT / "before-after-narrow.png")
+    page.close()
