@@ -55,6 +55,8 @@ FIRST_SCAN = {1: 128, 2: 32, 3: 24}  # S-neighbours scanned densely per point, b
 # the points nearer in S than the joint nearest neighbour number about m^(1/(|S|+1)); these
 # balance the dense scan against finishing the unproven pairs at m ~ 1000 (measured)
 FIRST_SCAN_OTHERWISE = 16  # the same for |S| >= 4
+FIRST_SCAN_CUDA = {1: 512, 2: 256, 3: 128}  # on a GPU the dense scan is cheap and finishing
+FIRST_SCAN_CUDA_OTHERWISE = 96  # unproven pairs is not, so scan further first
 _TORCH_ON_CPU = False  # tests set this to run the CUDA code path (torch tensors) on the CPU
 SAFE_MAGNITUDE = 2.0**500  # beyond this (or below its inverse) rescale by a power of two
 
@@ -309,7 +311,10 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
         if denominator == 0:
             return FociResult(selected, scores, "y_determined_by_selection")
         candidates = np.setdiff1d(np.arange(n_features), selected)
-        first_scan = FIRST_SCAN.get(len(selected), FIRST_SCAN_OTHERWISE)
+        if isinstance(points, torch.Tensor) and points.is_cuda:
+            first_scan = FIRST_SCAN_CUDA.get(len(selected), FIRST_SCAN_CUDA_OTHERWISE)
+        else:
+            first_scan = FIRST_SCAN.get(len(selected), FIRST_SCAN_OTHERWISE)
         sums = _joint_sums(points, rank_dev, candidates, index, first_scan)
         best = int(np.argmax(sums))
         numerator = int(sums[best]) - base
