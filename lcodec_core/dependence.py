@@ -18,6 +18,10 @@ on tie-free data. The rows are also put in random order before the search, so th
 ties which survive the jitter (values so large that it vanishes in float64 rounding)
 still fall to a random, not the lowest-index, neighbour.
 
+Where it runs: numpy on the CPU; torch on the GPU when an input is a CUDA tensor (the
+jitter then comes from a torch generator seeded from ``rng``, so CPU and GPU draw
+different ties; on tie-free data they agree exactly).
+
 Limitation, stated for the record: a shared Gaussian jitter makes the choice among
 tied neighbours exactly uniform when the tied points coincide (duplicates, the usual
 case for discrete data) or sit symmetrically; for unequal points at exactly equal
@@ -328,8 +332,12 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
 
 def _single_feature_sums(points, rank) -> np.ndarray:
     """sum_i min(R_i, R_M_j(i)) for every column j, M_j the 1-D nearest neighbour."""
-    nearest = nearest_in_each_column(points)  # (m, D)
-    return _host(_minimum(rank[:, None], rank[nearest]).sum(0)).astype(np.int64)
+    block = max(1, BLOCK_ELEMENTS // points.shape[0])
+    out = []
+    for start in range(0, points.shape[1], block):
+        nearest = nearest_in_each_column(points[:, start : start + block])  # (m, b)
+        out.append(_host(_minimum(rank[:, None], rank[nearest]).sum(0)))
+    return np.concatenate(out).astype(np.int64)
 
 
 def _joint_sums(points, rank, candidates: np.ndarray, index: NeighborIndex, first_scan: int) -> np.ndarray:

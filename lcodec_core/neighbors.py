@@ -32,6 +32,11 @@ query point need not come back first, so each backend asks for k + 1 neighbours 
 drops the entry equal to the query's own index (or the last one if it is absent).
 Among points at exactly equal float64 distance the order is unspecified; callers who
 need random tie-breaking randomize the row order or jitter the data first.
+
+The second half of the module serves L-FOCI, which needs the nearest neighbour of
+every point in (S, a_j) for a thousand candidate columns a_j at once:
+``nearest_in_each_column`` (|S| = 0) and ``nearest_with_extra_column`` (|S| >= 1),
+both exact and equal to one search per column.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ KDTREE_MAX_DIM = 10  # cKDTree beats brute force up to about this dimension
 BRUTE_MAX_POINTS = 4096  # below this, exact float64 all-pairs is cheap enough
 BLOCK_ELEMENTS = 1 << 23  # elements per (rows, m) or (rows, m, d) block: 64 MiB in float64
 GPU_BLOCK_ELEMENTS = 1 << 26  # the same for all-pairs blocks on a GPU: 512 MiB in float64
-FAISS_EXTRA = 16  # candidates fetched beyond k before the float64 re-check
+CANDIDATE_EXTRA = 16  # candidates fetched beyond k before the float64 re-check
 FAISS_GPU_MAX_K = 2048  # faiss GPU indexes refuse larger k
 FLOAT32_UNIT = 2.0**-24  # unit roundoff of float32
 FLOAT64_UNIT = 2.0**-53  # unit roundoff of float64
@@ -110,8 +115,8 @@ class NeighborIndex:
 
     Notes
     -----
-    Build once, query many times (the foci batching asks for growing k on subsets of
-    rows). Results are always host numpy arrays.
+    Build once, query many times (any k, any subset of rows). Results are always host
+    numpy arrays.
     """
 
     def __init__(self, points, *, backend: str = "auto"):
@@ -269,7 +274,7 @@ class NeighborIndex:
         scaled = centred * self._faiss_scale
         self._faiss_points = np.ascontiguousarray(scaled, dtype=np.float32)
         self._faiss_norm = np.sqrt(np.einsum("md,md->m", scaled, scaled))
-        self._faiss_gpu = self._device.type == "cuda" and faiss_gpu_available()
+        self._faiss_gpu = self._wants_faiss_gpu()
         if self._faiss_gpu:
             self._faiss_resources = faiss.StandardGpuResources()
             index = faiss.GpuIndexFlatL2(self._faiss_resources, self.dim)
@@ -277,6 +282,9 @@ class NeighborIndex:
             index = faiss.IndexFlatL2(self.dim)
         index.add(self._faiss_points)
         self._faiss_index = index
+
+    def _wants_faiss_gpu(self) -> bool:
+        return self._device.type == "cuda" and faiss_gpu_available()
 
     def _faiss_error_bound(self, rows: np.ndarray) -> np.ndarray:
         """Upper bound on |float32 squared distance - exact| in scaled units, per row.
@@ -293,7 +301,7 @@ class NeighborIndex:
         found = np.empty((rows.size, k), np.int64)
         sq = np.empty((rows.size, k), np.float64)
         pending = np.arange(rows.size)
-        fetch = min(m, k + 1 + FAISS_EXTRA)
+        fetch = min(m, k + 1 + CANDIDATE_EXTRA)
         cap = min(m, FAISS_GPU_MAX_K) if self._faiss_gpu else m
         while pending.size:
             if fetch > cap or (fetch == cap and cap < m):
@@ -312,7 +320,7 @@ class NeighborIndex:
             pending = pending[~ok]
             fetch = min(m, fetch * 8)
         if pending.size:
-            found[pending], sq[pending] = _verified_rows(_scaled_points(torch.from_numpy(self.host)), rows[pending], k)
+            found[pending], sq[pending] = _verified_rows(_scaled_points(self.device_points), rows[pending], k)
         return found, sq
 
     # ---------------------------------------------------------------- torch
@@ -360,7 +368,7 @@ def _verified_rows(points: _ScaledPoints, rows: np.ndarray, k: int) -> tuple[np.
     found_sq = torch.empty((rows.size, k), dtype=torch.float64, device=device)
     rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)
     pending = torch.arange(rows.size, device=device)
-    fetch = min(m - 1, k + FAISS_EXTRA)
+    fetch = min(m - 1, k + CANDIDATE_EXTRA)
     while pending.numel():
         block = max(1, min(budget // m, budget // (fetch * d)))
         unresolved = []

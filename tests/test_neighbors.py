@@ -178,3 +178,17 @@ def test_the_torch_code_path_of_the_column_searches_matches_numpy():
         got = nearest_with_extra_column(NeighborIndex(torch.from_numpy(base)), torch.from_numpy(columns), first_scan=4)
         np.testing.assert_array_equal(got.numpy(), want)
     np.testing.assert_array_equal(nearest_in_each_column(torch.from_numpy(data)).numpy(), nearest_in_each_column(data))
+
+
+def test_the_faiss_gpu_path_logic_with_a_cpu_stand_in(monkeypatch):
+    """faiss-gpu caps k at 2048; rows it cannot prove go to the float64 product search."""
+    import faiss
+
+    monkeypatch.setattr(neighbors, "FAISS_GPU_MAX_K", 24)
+    monkeypatch.setattr(NeighborIndex, "_wants_faiss_gpu", lambda self: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: None, raising=False)
+    monkeypatch.setattr(faiss, "GpuIndexFlatL2", lambda resources, dim: faiss.IndexFlatL2(dim), raising=False)
+    points = duplicated(600, 3, seed=10)  # groups of ~22 near-duplicates: many rows need > 24 candidates
+    index = NeighborIndex(points, backend="faiss")
+    assert index._faiss_gpu
+    np.testing.assert_array_equal(index.query(1)[0][:, 0], brute_knn(points, 1)[0][:, 0])
