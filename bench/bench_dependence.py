@@ -85,6 +85,10 @@ def dense_foci_seconds(y, features, selected, device: str, sample: int | None) -
 
 
 # ---------------------------------------------------------------- measuring
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -170,6 +174,7 @@ def run(args) -> list[dict]:
     y, z, x = codec_data(m, 4, 1)
     ours_wall, ours_cpu = timed(lambda: codec(move(y), move(z), move(x), rng=0), repeats, device)
     dense_wall, dense_cpu = fastest_threads(lambda: timed(lambda: dense_codec(y, z, x, device), max(1, repeats // 2), device), device)
+    progress("codec m=1e4 done")
     rows.append(
         dict(
             case="codec T(Y,Z\\|X), m=1e4, dx=4, dz=1",
@@ -177,8 +182,8 @@ def run(args) -> list[dict]:
             ours_cpu=seconds(ours_cpu),
             dense=seconds(dense_wall),
             ratio=dense_wall / ours_wall,
-            target=">= 20x faster",
-            met=dense_wall / ours_wall >= 20,
+            target=">= 20x faster" if device == "cpu" else "(CPU target)",
+            met=dense_wall / ours_wall >= 20 if device == "cpu" else None,
             memory=f"ours {mib(numpy_peak_bytes(lambda: codec(y, z, x, rng=0)))}; dense {mib(2 * 4 * m * m)}",
         )
     )
@@ -187,6 +192,7 @@ def run(args) -> list[dict]:
     m = 100_000
     y, z, x = codec_data(m, 4, 1)
     ours_wall, ours_cpu = timed(lambda: codec(move(y), move(z), move(x), rng=0), max(1, repeats // 2), device)
+    progress("codec m=1e5 done")
     rows.append(
         dict(
             case="codec T(Y,Z\\|X), m=1e5, dx=4, dz=1",
@@ -194,8 +200,8 @@ def run(args) -> list[dict]:
             ours_cpu=seconds(ours_cpu),
             dense=f"cannot run: {mib(4 * m * m)} per distance matrix",
             ratio=None,
-            target="< 1 s",
-            met=ours_wall < 1.0,
+            target="< 1 s" if device == "cpu" else "(CPU target)",
+            met=ours_wall < 1.0 if device == "cpu" else None,
             memory=f"ours {mib(numpy_peak_bytes(lambda: codec(y, z, x, rng=0))) if device == 'cpu' else 'see CUDA peak'}",
         )
     )
@@ -204,7 +210,9 @@ def run(args) -> list[dict]:
     m, n_features = (10_000, 5000) if device == "cuda" else (1000, 1000)
     y, features = foci_data(m, n_features)
     result = foci(move(y), move(features), max_features=5, rng=0)
+    progress(f"foci first run done: {result}")
     ours_wall, ours_cpu = timed(lambda: foci(move(y), move(features), max_features=5, rng=0), repeats, device)
+    progress("foci timed")
     sample = 64 if (args.quick or device == "cuda") else None
     dense_wall, searches = fastest_threads(lambda: dense_foci_seconds(y, features, result.selected, device, sample), device)
     memory = "see CUDA peak" if device == "cuda" else mib(numpy_peak_bytes(lambda: foci(y, features, max_features=5, rng=0)))
@@ -216,7 +224,7 @@ def run(args) -> list[dict]:
             dense=seconds(dense_wall)
             + f" ({searches} dense searches" + (f", timed on {sample} per step, scaled)" if sample else ")"),
             ratio=dense_wall / ours_wall,
-            target="< 1 s and >= 10x faster" if device == "cpu" else "(no target on CUDA)",
+            target="< 1 s and >= 10x faster" if device == "cpu" else "(CPU target)",
             met=(ours_wall < 1.0 and dense_wall / ours_wall >= 10) if device == "cpu" else None,
             memory=f"ours {memory}; dense {mib(4 * m * m)} per search",
         )
