@@ -378,6 +378,11 @@ def _verified_rows(points: _ScaledPoints, rows: np.ndarray, k: int) -> tuple[np.
             approx = torch.addmm(norm_sq[None, :], scaled[r], scaled.T, alpha=-2.0)
             approx += norm_sq[r][:, None]  # (b, m) |a|^2 + |b|^2 - 2<a, b>
             approx[torch.arange(r.numel(), device=device), r] = torch.inf
+            if k == 1:  # no top-k needed: every point within twice the bound of the row's minimum
+                reach_row = norm_sq[r].sqrt() + reach
+                bound = (4.0 * d + 20.0) * FLOAT64_UNIT * reach_row * reach_row
+                found[slot], found_sq[slot] = _nearest_within(exact, r, approx, bound)
+                continue
             approx_sq, cand = torch.topk(approx, fetch, dim=1, largest=False, sorted=True)  # (b, fetch)
             diff = exact[cand] - exact[r][:, None, :]  # (b, fetch, d)
             cand_sq, order = torch.sort((diff * diff).sum(-1), dim=1, stable=True)
@@ -392,9 +397,29 @@ def _verified_rows(points: _ScaledPoints, rows: np.ndarray, k: int) -> tuple[np.
             found[slot[ok]] = cand[ok, :k]
             found_sq[slot[ok]] = cand_sq[ok, :k]
             unresolved.append(slot[~ok])
-        pending = torch.cat(unresolved)
+        pending = torch.cat(unresolved) if unresolved else pending[:0]
         fetch = min(m - 1, fetch * 8)
     return found.cpu().numpy(), found_sq.cpu().numpy()
+
+
+def _nearest_within(exact: torch.Tensor, r: torch.Tensor, approx: torch.Tensor, bound: torch.Tensor):
+    """Exact 1-NN of rows ``r`` given expansion distances ``approx`` (b, m) good to ``bound``.
+
+    A point whose expansion exceeds the row's minimum by more than twice the bound is
+    provably farther than the minimising point, so only the rest are re-measured.
+    Returns (b, 1) indices and squared distances; exact ties go to the lowest index.
+    """
+    rows = r.numel()
+    limit = approx.min(dim=1).values + 2.0 * bound * (1 + ROUNDING_SLACK)  # (b,)
+    at_row, cand = torch.nonzero(approx <= limit[:, None], as_tuple=True)  # a few per row
+    diff = exact[cand] - exact[r[at_row]]
+    cand_sq = (diff * diff).sum(1)
+    best_sq = torch.full((rows,), torch.inf, dtype=cand_sq.dtype, device=exact.device)
+    best_sq.scatter_reduce_(0, at_row, cand_sq, reduce="amin")
+    winner = cand_sq == best_sq[at_row]
+    best = torch.full((rows,), exact.shape[0], dtype=torch.long, device=exact.device)
+    best.scatter_reduce_(0, at_row[winner], cand[winner], reduce="amin")
+    return best[:, None], best_sq[:, None]
 
 
 def nearest_neighbor(points, *, backend: str = "auto") -> np.ndarray:
