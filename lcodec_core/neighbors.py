@@ -524,8 +524,8 @@ def nearest_with_extra_column(index: NeighborIndex, columns, *, first_scan: int 
     m, count = columns.shape
     if index.n_points != m:
         raise ValueError(f"columns has {m} rows but the index holds {index.n_points} points")
-    on_cuda = isinstance(columns, torch.Tensor)
-    base = index.device_points if on_cuda else index.host  # (m, |S|) the S coordinates
+    on_torch = isinstance(columns, torch.Tensor)  # CUDA (or the CPU in tests)
+    base = index.device_points if on_torch else index.host  # (m, |S|) the S coordinates
     if index.dim == 1:
         window = min(m - 1, max(1, first_scan // 2))  # sorted positions scanned on each side
         order = np.argsort(index.host[:, 0], kind="stable")
@@ -550,9 +550,9 @@ def nearest_with_extra_column(index: NeighborIndex, columns, *, first_scan: int 
             return _dense_scan(cols, near_d, near_sq_d)
 
     unproven_at = _like(threshold * (1 - ROUNDING_SLACK), columns)[:, None]  # (m, 1)
-    workers = 1 if on_cuda else _cpu_workers()
+    workers = 1 if on_torch else _cpu_workers()
     outer = max(1, min(BLOCK_ELEMENTS // m, -(-count // workers)))  # columns per block
-    tile = outer if on_cuda else max(1, SCAN_BLOCK_ELEMENTS // m)  # cache-sized on a CPU
+    tile = outer if on_torch else max(1, SCAN_BLOCK_ELEMENTS // m)  # cache-sized on a CPU
 
     def one_block(start: int):
         cols = columns[:, start : start + outer]  # (m, b)
