@@ -17,11 +17,12 @@ class UnlearnConfig:
     max_slices: int = 8              # cap on L-FOCI's selection (and size of random selection)
     rhs: str = "retain_gradient"     # Newton right-hand side: -grad F_r(w) ("retain_gradient") or g_U ("forget_gradient")
     solver: str = "auto"             # "explicit" block Hessian, "cg" on Hessian-vector products, or "auto" by size
-    explicit_max_params: int = 3000  # "auto" forms the p x p block explicitly up to this p
-    newton_steps: int = 10           # at most this many damped Newton steps (1 = the classic single step)
+    explicit_max_params: int = 400   # "auto" forms the p x p block explicitly up to this p, else CG on HVPs
+    newton_steps: int = 5            # at most this many damped Newton steps (1 = the classic single step)
     damping: float | None = None     # extra diagonal damping; None: chosen from the data (Levenberg-Marquardt)
-    cg_iterations: int = 50          # conjugate-gradient iterations per step (solver "cg")
-    retain_subsample: int | None = None  # curvature and gradient on a random subsample of this size (None: all)
+    cg_iterations: int = 20          # conjugate-gradient iterations per step (solver "cg")
+    retain_subsample: int | None = None  # objective (gradient, line search) on a random retained subsample (None: all)
+    curvature_subsample: int | None = None  # Hessian (products) on a random subsample of the retained rows (None: all)
     weight_decay: float | None = None    # lam of the objective; None: the checkpoint's recipe value
     epsilon: float | None = None     # (epsilon, delta)-forgetting target; None: no noise, no guarantee claimed
     delta: float = 1e-5              # delta of the (epsilon, delta) guarantee

@@ -1,0 +1,146 @@
+"""The retained objective restricted to a parameter block P, with exact derivatives.
+
+    f(v) = (1/N) sum_{i in D} CE(model_{w(v)}(x_i), y_i) + (lam / 2) |v|^2
+
+where w(v) equals the trained weights w* except on the block P (the selected rows of some
+parameters), which holds v (shape (p,)). D is the retained data (or a random subsample).
+The lam term is the part of the weight-decay penalty (lam/2)|w|^2 that depends on v.
+Gradients and Hessian-vector products come from autograd (double backward) through
+``torch.func.functional_call`` on the suffix of the model after the first block module (see :mod:`.suffix`), so
+the frozen prefix of the network runs once.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from .suffix import split_model
+
+
+class BlockObjective:
+    """f(v), its gradient, Hessian-vector products and the explicit Hessian on a block.
+
+    Parameters
+    ----------
+    model : the trained network (not modified).
+    rows : parameter name -> first-dimension rows in the block (from ``slice_parameter_rows``).
+    images : (N, C, H, W) float, targets : (N,) long. The data of the objective.
+    weight_decay : lam.
+    batch_size : images per forward pass (bounds memory of double backward).
+    curvature_size : Hessian-vector products and the explicit Hessian average over a seeded
+        random subsample of this many rows (None: all rows); f and grad f always use all rows.
+    """
+
+    def __init__(self, model: nn.Module, rows: dict[str, list[int]], images: torch.Tensor,
+                 targets: torch.Tensor, weight_decay: float, batch_size: int = 256,
+                 curvature_size: int | None = None, seed: int = 0):
+        if not rows:
+            raise ValueError("the parameter block is empty: select at least one slice")
+        self.weight_decay = float(weight_decay)
+        self.batch_size = batch_size
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        self.names = sorted(rows)
+        device = next(model.parameters()).device
+        self.rows = {k: torch.as_tensor(rows[k], dtype=torch.long, device=device) for k in self.names}
+        self.row_shapes = {k: (len(rows[k]),) + tuple(params[k].shape[1:]) for k in self.names}
+        self.sizes = [int(torch.tensor(self.row_shapes[k]).prod()) for k in self.names]
+        modules = {k.rsplit(".", 1)[0] if "." in k else "" for k in self.names}
+        was_training = model.training
+        model.eval()
+        try:
+            self.split = split_model(model, modules)
+            self.boundary = self.split.boundary_values(images.to(device), batch_size)
+        finally:
+            model.train(was_training)
+        suffix_params = dict(self.split.suffix.named_parameters())
+        self.frozen = {k: params[k] for k in suffix_params}
+        self.buffers = {k: b for k, b in self.split.suffix.named_buffers()}
+        self.targets = targets.to(device)
+        n = len(self.targets)
+        if curvature_size is None or curvature_size >= n:
+            self.curvature_rows = torch.arange(n, device=device)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            self.curvature_rows = order[:curvature_size].sort().values.to(device)
+        self.v0 = torch.cat([params[k][self.rows[k]].reshape(-1) for k in self.names])
+
+    @property
+    def size(self) -> int:
+        """p, the number of scalars in the block."""
+        return self.v0.numel()
+
+    def params_with(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The suffix's parameters with the block set to ``v`` (functional: nothing is mutated)."""
+        out = dict(self.frozen)
+        for name, chunk in zip(self.names, torch.split(v, self.sizes)):
+            out[name] = self.frozen[name].index_put((self.rows[name],), chunk.reshape(self.row_shapes[name]))
+        return out
+
+    def full_state(self, v: torch.Tensor, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``model``'s parameters with the block replaced by ``v`` (new tensors for block params)."""
+        params = {k: p.detach() for k, p in model.named_parameters()}
+        for name, chunk in zip(self.names, torch.split(v.detach(), self.sizes)):
+            params[name] = params[name].index_put((self.rows[name],),
+                                                  chunk.reshape(self.row_shapes[name]).to(params[name].dtype))
+        return params
+
+    def _batch_loss(self, v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Sum (not mean) of the cross-entropy over the rows ``index``."""
+        inputs = tuple(b[index] for b in self.boundary)
+        logits = functional_call(self.split.suffix, (self.params_with(v), self.buffers), inputs)
+        return F.cross_entropy(logits, self.targets[index], reduction="sum")
+
+    def _batches(self, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+        rows = torch.arange(len(self.targets)) if rows is None else rows
+        return list(torch.split(rows, self.batch_size))
+
+    def loss(self, v: torch.Tensor) -> float:
+        """f(v) as a float."""
+        with torch.no_grad():
+            data = sum(float(self._batch_loss(v, index)) for index in self._batches())
+        return data / len(self.targets) + 0.5 * self.weight_decay * float(v.double().pow(2).sum())
+
+    def gradient(self, v: torch.Tensor) -> torch.Tensor:
+        """grad f(v), shape (p,)."""
+        total = torch.zeros_like(v)
+        for index in self._batches():
+            w = v.detach().requires_grad_(True)
+            total += torch.autograd.grad(self._batch_loss(w, index), w)[0]
+        return total / len(self.targets) + self.weight_decay * v
+
+    def _gradient_graphs(self, v: torch.Tensor):
+        """Per curvature batch: (w, grad of the batch's summed loss at w with create_graph)."""
+        for index in self._batches(self.curvature_rows):
+            w = v.detach().requires_grad_(True)
+            yield w, torch.autograd.grad(self._batch_loss(w, index), w, create_graph=True)[0]
+
+    def hvp(self, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Hessian of f at v times u, shape (p,), by double backward, averaged over the
+        curvature rows. (Double backward ran 5-10x faster than torch.func's jvp-over-grad
+        here on CPU.)"""
+        total = torch.zeros_like(v)
+        for w, g in self._gradient_graphs(v):
+            total += torch.autograd.grad(g, w, grad_outputs=u)[0]
+        return total / len(self.curvature_rows) + self.weight_decay * u
+
+    @property
+    def boundary_numel(self) -> int:
+        """Scalars per image entering the suffix (a proxy for the cost of one HVP per image)."""
+        return sum(b[0].numel() for b in self.boundary)
+
+    def hessian(self, v: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+        """The explicit p x p Hessian of f at v (float64): p Hessian-vector products, batched
+        over chunks of basis vectors (``is_grads_batched``) on one double-backward graph."""
+        p = self.size
+        hessian = torch.zeros(p, p, dtype=v.dtype, device=v.device)
+        eye = torch.eye(p, dtype=v.dtype, device=v.device)
+        for w, g in self._gradient_graphs(v):
+            for start in range(0, p, chunk):
+                basis = eye[start:start + chunk]
+                hessian[start:start + chunk] += torch.autograd.grad(
+                    g, w, grad_outputs=basis, is_grads_batched=True, retain_graph=True)[0]
+        hessian = hessian.double() / len(self.curvature_rows)
+        hessian = 0.5 * (hessian + hessian.T)
+        return hessian + self.weight_decay * torch.eye(p, dtype=torch.float64, device=v.device)

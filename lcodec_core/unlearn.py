@@ -1,0 +1,209 @@
+"""``unlearn``: Algorithm 1 of the paper, done correctly, and its baselines behind one call.
+
+Phases (each timed and reported through ``on_progress``):
+1. probe   perturb every forget image m times; record each slice's activation and the loss;
+2. select  L-FOCI picks the slices carrying the forget set (or random / top1 / all);
+3. newton  damped block Newton on the retained objective over the selected block P;
+4. noise   N(0, sigma^2) on P (or all parameters) for (epsilon, delta)-forgetting.
+Parameters outside P are bit-identical to the input model's. The input model is never
+modified; a new model is returned, and nothing non-finite ever is.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .baselines import finetune, negrad, retrain
+from .block import BlockObjective
+from .config import SELECTION_METHODS, UnlearnConfig
+from .data import ImageDataset
+from .memory import PeakMemory
+from .newton import block_newton
+from .noise import add_noise, noise_sigma
+from .probing import probe
+from .result import SelectedSlice, UnlearnResult
+from .selection import select_slices
+from .slices import count_parameters, enumerate_slices, slice_parameter_rows
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[dict], None]
+
+
+def _emit(on_progress: ProgressFn | None, phase: str, fraction: float, message: str) -> None:
+    if on_progress is not None:
+        on_progress({"phase": phase, "fraction": float(fraction), "message": message})
+
+
+def _check_inputs(model: nn.Module, forget: ImageDataset, retain: ImageDataset) -> None:
+    if len(forget) == 0:
+        raise ValueError("the forget set is empty: give at least one training image to remove")
+    if len(retain) == 0:
+        raise ValueError("the retained set is empty: the forget set cannot be the whole training set")
+    if forget.images.shape[1:] != retain.images.shape[1:]:
+        raise ValueError(f"forget and retained images must have the same shape; got "
+                         f"{tuple(forget.images.shape[1:])} and {tuple(retain.images.shape[1:])}")
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"the model has non-finite values in {name!r}; nothing was changed")
+
+
+def _subsample(retain: ImageDataset, size: int | None, seed: int) -> ImageDataset:
+    if size is None or size >= len(retain):
+        return retain
+    order = torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[:size]
+    return retain.subset(sorted(order.tolist()))
+
+
+def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
+            config: UnlearnConfig = UnlearnConfig(), on_progress: ProgressFn | None = None, *,
+            weight_decay: float | None = None, recipe=None) -> UnlearnResult:
+    """Remove ``forget`` from ``model`` (trained on forget + retain).
+
+    Parameters
+    ----------
+    model : the trained classifier; not modified.
+    forget : the forget set U (k images). retain : the retained data (n - k images).
+    config : settings (method, probing, selection, solver, noise, seed).
+    on_progress : called with {"phase", "fraction", "message"} during the run.
+    weight_decay : lam of the training objective (else ``config.weight_decay``, else the
+        recipe's). recipe : a :class:`models.Recipe`, required by method "retrain".
+
+    Returns
+    -------
+    UnlearnResult with the new model, the selected slices, p and its share, sigma, timings
+    (probe_s, select_s, newton_s, noise_s, unlearn_s) and peak memory.
+    """
+    _check_inputs(model, forget, retain)
+    lam = config.weight_decay or weight_decay or (recipe.weight_decay if recipe is not None else None)
+    if not lam or lam <= 0:
+        raise ValueError("weight_decay (lam of the training objective) is needed: pass "
+                         "weight_decay=, a recipe, or set config.weight_decay")
+    n, k = len(forget) + len(retain), len(forget)
+    device = next(model.parameters()).device
+    timings = {"probe_s": 0.0, "select_s": 0.0, "newton_s": 0.0, "noise_s": 0.0}
+    start = time.perf_counter()
+    with PeakMemory(device) as peak:
+        if config.method in ("retrain", "finetune", "negrad"):
+            new_model, selected, rows, diagnostics = _baseline(model, forget, retain, config, lam,
+                                                               recipe, on_progress, timings)
+        else:
+            new_model, selected, rows, diagnostics = _block_newton_removal(
+                model, forget, retain, config, lam, on_progress, timings)
+        sigma = noise_sigma(epsilon=config.epsilon, delta=config.delta, n=n, k=k, weight_decay=lam,
+                            hessian_lipschitz=config.hessian_lipschitz,
+                            loss_lipschitz=config.loss_lipschitz)
+        if sigma > 0:
+            tick = time.perf_counter()
+            _emit(on_progress, "noise", 0.0, f"adding noise, sigma = {sigma:.3g}")
+            params = {k_: v.detach() for k_, v in new_model.named_parameters()}
+            noisy = add_noise(params, sigma, rows if config.noise_on == "block" else None, config.seed)
+            new_model = _with_params(new_model, noisy)
+            timings["noise_s"] = time.perf_counter() - tick
+    timings["unlearn_s"] = time.perf_counter() - start
+    for name, value in new_model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise FloatingPointError(f"unlearning produced non-finite values in {name!r} "
+                                     f"(sigma={sigma:.3g}); the original model is unchanged")
+    total = sum(p.numel() for p in model.parameters())
+    updated = count_parameters(model, rows) if rows is not None else total
+    _emit(on_progress, "done", 1.0, f"done in {timings['unlearn_s']:.2f} s")
+    return UnlearnResult(
+        model=new_model, config=config, selected_slices=selected, parameters_updated=updated,
+        parameter_share=updated / total, sigma=sigma, timings=timings, peak_memory_mb=peak.mb,
+        diagnostics={**diagnostics, "n": n, "k": k, "weight_decay": lam})
+
+
+def _with_params(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` whose parameters are ``params``."""
+    new_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in new_model.named_parameters():
+            param.copy_(params[name])
+    new_model.eval()
+    return new_model
+
+
+def _baseline(model, forget, retain, config, lam, recipe, on_progress, timings):
+    tick = time.perf_counter()
+    _emit(on_progress, "newton", 0.0, f"running baseline {config.method}")
+    if config.method == "retrain":
+        if recipe is None:
+            raise ValueError("method 'retrain' needs the training recipe (recipe=)")
+        new_model = retrain(retain, recipe)
+    elif config.method == "finetune":
+        new_model = finetune(model, retain, epochs=config.baseline_epochs, lr=config.baseline_lr,
+                             weight_decay=lam, seed=config.seed)
+    else:
+        new_model = negrad(model, forget, epochs=config.baseline_epochs, lr=config.baseline_lr,
+                           seed=config.seed)
+    timings["newton_s"] = time.perf_counter() - tick
+    return new_model, [], None, {"baseline": config.method}
+
+
+def _block_newton_removal(model, forget, retain, config, lam, on_progress, timings):
+    slices = enumerate_slices(model)
+    if not slices:
+        raise ValueError("the model has no Conv2d or Linear layer to update")
+    method = "all" if config.method == "full-newton" else config.method
+    assert method in SELECTION_METHODS
+    diagnostics: dict = {}
+
+    tick = time.perf_counter()
+    if method != "all":
+        _emit(on_progress, "probe", 0.0,
+              f"probing {len(forget)} image(s) x {config.num_perturbations} perturbations")
+        table = probe(model, forget.images, forget.targets, num_perturbations=config.num_perturbations,
+                      perturbation_std=config.perturbation_std, seed=config.seed,
+                      batch_size=config.batch_size)
+    else:
+        table = None
+    timings["probe_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    _emit(on_progress, "select", 0.0, f"selecting slices ({method})")
+    if table is None:
+        selected = [SelectedSlice(s.module, s.index, float("nan"), i) for i, s in enumerate(slices)]
+        diagnostics["selection"] = {"candidates": len(slices), "stopped_because": "all slices"}
+    else:
+        selected, diagnostics["selection"] = select_slices(
+            table, slices, method, max_slices=config.max_slices, seed=config.seed)
+    timings["select_s"] = time.perf_counter() - tick
+    _emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
+    if not selected:
+        diagnostics["newton"] = "skipped: no slice selected (no dependence between the loss and any activation)"
+        return copy.deepcopy(model).eval(), selected, {}, diagnostics
+
+    tick = time.perf_counter()
+    by_ref = {(s.module, s.index): s for s in slices}
+    rows = slice_parameter_rows(model, [by_ref[(s.module, s.index)] for s in selected])
+    data = _subsample(retain, config.retain_subsample, config.seed)
+    objective = BlockObjective(model, rows, data.images, data.targets, lam, config.batch_size,
+                               curvature_size=config.curvature_subsample, seed=config.seed)
+    solver = config.solver
+    if solver == "auto":
+        solver = "explicit" if objective.size <= config.explicit_max_params else "cg"
+    forget_rhs = None
+    if config.rhs == "forget_gradient":
+        n, k = len(forget) + len(retain), len(forget)
+        forget_objective = BlockObjective(model, rows, forget.images, forget.targets, lam,
+                                          config.batch_size)
+        # g_U = (1/(n-k)) sum_U [grad l + lam w] = k/(n-k) * (mean_U grad l + lam w)
+        forget_rhs = forget_objective.gradient(objective.v0) * (k / (n - k))
+
+    def on_step(step, steps, loss):
+        _emit(on_progress, "newton", step / steps, f"Newton step {step}: retained loss {loss:.4f}")
+
+    _emit(on_progress, "newton", 0.0, f"block Newton on p = {objective.size} parameters ({solver})")
+    v_new, report = block_newton(objective, rhs=config.rhs, forget_rhs=forget_rhs, solver=solver,
+                                 max_steps=config.newton_steps, damping=config.damping,
+                                 cg_iterations=config.cg_iterations, on_step=on_step)
+    new_model = _with_params(model, objective.full_state(v_new, model))
+    timings["newton_s"] = time.perf_counter() - tick
+    diagnostics["newton"] = {**report.__dict__, "parameters": objective.size,
+                             "retain_rows": len(data), "suffix_traced": objective.split.traced}
+    return new_model, selected, rows, diagnostics
