@@ -46,18 +46,21 @@ try:
             text=f"Training the {key.model} on {key.dataset}: epoch {e['epoch']}/{e['epochs']}, "
                  f"loss {e['loss']:.3f}"))
         bar.empty()
-    base = state.shared_base(key.dataset, key.model)
+    base = state.session_base()
 except (DataError, CheckpointError, OSError) as error:
     st.error(f"The {key.dataset} data or the {key.model} model could not be loaded: {error}",
              icon=":material/error:")
     st.stop()
 
 bench = state.workbench(base)
-state.collect_finished_job(bench)
+finished = state.collect_finished_job(bench)
+if finished is not None and finished.kind == "train" and finished.error is None:
+    st.rerun()  # the session now works on the model trained on its upload
 
 with st.sidebar:
-    st.markdown(f"**{DATASET_LABELS.get(key.dataset, key.dataset)}**  \n"
-                f"{MODEL_LABELS.get(key.model, key.model)}")
+    dataset_label = (f"Your images ({base.bundle.num_classes} classes)" if state.is_upload(key)
+                     else DATASET_LABELS.get(key.dataset, key.dataset))
+    st.markdown(f"**{dataset_label}**  \n{MODEL_LABELS.get(key.model, key.model)}")
     removed = len(bench.history)
     st.caption(f"This session: {removed} removal{'s' if removed != 1 else ''} "
                f"· model {bench.current_hash[:10]}")

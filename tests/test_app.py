@@ -227,3 +227,78 @@ def test_live_accuracy_stream_and_stop(trained):
     at.run()
     assert_clean(at)
     assert any("Stopped after" in w.value for w in at.warning)
+
+
+def test_uploaded_checkpoint_becomes_the_sessions_model(trained, trained_small_cnn, tmp_path):
+    checkpoint, _ = trained_small_cnn
+    data = checkpoint.save(tmp_path / "model.pt").read_bytes()
+    at = start_app()
+    at.switch_page("views/model_data.py").run()
+    at.get("file_uploader")[1].upload("model.pt", data).run()
+    at.button(key="md_use_upload").click().run()
+    assert_clean(at)
+    bench = at.session_state["workbench"]
+    assert bench.key.dataset == "upload:olivetti" and bench.base_hash == trained
+    assert "dataset" not in at.query_params  # a private upload is not put in the URL
+    at.switch_page("views/start.py").run()
+    assert_clean(at)
+    assert base_hash() == trained
+
+
+def test_hostile_uploads_are_refused_and_the_session_keeps_working(trained):
+    import io
+    import os
+    import pickle
+    import zipfile
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, ("touch /tmp/lcodec-pwned",)
+
+    traversal = io.BytesIO()
+    with zipfile.ZipFile(traversal, "w") as archive:
+        archive.writestr("../../evil.png", b"not really")
+    at = start_app()
+    at.switch_page("views/model_data.py").run()
+    for index, (name, data) in enumerate([("evil.pt", pickle.dumps(RunsCode())),
+                                          ("evil.zip", traversal.getvalue())]):
+        uploader = at.get("file_uploader")[1 if name.endswith(".pt") else 0]
+        uploader.upload(name, data).run()
+        at.button(key="md_use_upload").click().run()
+        assert not at.exception
+        assert any("Upload refused" in e.value for e in at.error), name
+        uploader = at.get("file_uploader")[1 if name.endswith(".pt") else 0]
+        uploader.set_value(None)
+        at.run()
+    assert not os.path.exists("/tmp/lcodec-pwned")
+    assert at.session_state["workbench"].key.dataset == "olivetti"
+    at.switch_page("views/start.py").run()
+    assert_clean(at)
+
+
+def test_zip_of_photos_trains_a_private_model(trained):
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for person in ("ada", "bo", "cy"):
+            face = rng.random((32, 32))
+            for k in range(6):
+                pixels = np.clip(face + 0.1 * rng.standard_normal((32, 32)), 0, 1)
+                image = io.BytesIO()
+                Image.fromarray((pixels * 255).astype(np.uint8)).save(image, format="PNG")
+                archive.writestr(f"faces/{person}/{k}.png", image.getvalue())
+    at = start_app()
+    at.switch_page("views/model_data.py").run()
+    at.get("file_uploader")[0].upload("faces.zip", buffer.getvalue(), "application/zip").run()
+    at.button(key="md_use_upload").click().run()
+    assert_clean(at)
+    finish(at)
+    bench = at.session_state["workbench"]
+    assert bench.key == type(bench.key)("upload:faces.zip", "small_cnn")
+    assert bench.class_names == ["ada", "bo", "cy"]
+    assert [b.label for b in at.button if b.key and b.key.startswith("md_pick_")] == bench.class_names

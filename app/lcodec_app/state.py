@@ -7,6 +7,7 @@ Session-state keys (all owned here):
     job            the running Job, if any (one at a time per session)
     finished       {kind: the last finished Job of that kind}, for pages to draw
     job_errors     {kind: message} of the last failed job of that kind
+    custom_base    a SharedBase built from this session's uploads (private to the session)
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import threading
 
 import streamlit as st
 
+from lcodec_core.data import DataBundle, load_dataset
 from lcodec_core.zoo_cache import cache_path, load_or_train
-from models import default_recipe, state_hash
+from models import Checkpoint, default_recipe, state_hash
 
 from .jobs import Job
 from .workbench import ModelKey, SharedBase, Workbench
@@ -29,6 +31,36 @@ def shared_base(dataset: str, model: str) -> SharedBase:
     return SharedBase(ModelKey(dataset, model), checkpoint, bundle, state_hash(checkpoint.model))
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def shared_bundle(dataset: str, seed: int = 0) -> DataBundle:
+    """A built-in data set, loaded once per server (read-only)."""
+    return load_dataset(dataset, seed=seed)
+
+
+def session_base() -> SharedBase:
+    """The base model of this session: its upload, or the shared zoo model."""
+    key = st.session_state.model_key
+    custom = st.session_state.get("custom_base")
+    if custom is not None and custom.key == key:
+        return custom
+    if is_upload(key):  # the upload is gone (should not happen): back to the default model
+        key = st.session_state.model_key = ModelKey()
+    return shared_base(key.dataset, key.model)
+
+
+def is_upload(key: ModelKey) -> bool:
+    return key.dataset.startswith("upload:")
+
+
+def use_upload(checkpoint: Checkpoint, bundle: DataBundle) -> None:
+    """Switch this session to an uploaded (or freshly trained) model; only this session sees it."""
+    key = ModelKey(bundle.name if bundle.name.startswith("upload:") else f"upload:{bundle.name}",
+                   checkpoint.metadata["model"])
+    checkpoint.model.eval()
+    set_model_key(key)
+    st.session_state.custom_base = SharedBase(key, checkpoint, bundle, state_hash(checkpoint.model))
+
+
 @st.cache_resource(show_spinner=False)
 def _training_locks() -> dict[ModelKey, threading.Lock]:
     return {}
@@ -36,6 +68,8 @@ def _training_locks() -> dict[ModelKey, threading.Lock]:
 
 def needs_training(key: ModelKey) -> bool:
     """True when the zoo model is not in the cache yet (the first load trains it)."""
+    if is_upload(key):
+        return False
     return not cache_path(key.dataset, default_recipe(key.dataset, key.model)).exists()
 
 
@@ -70,6 +104,10 @@ def _parse_int(value) -> int | None:
 def sync_url() -> None:
     """Write the session's model and identity to the URL, so the view can be shared."""
     key = st.session_state.model_key
+    if is_upload(key):  # a private upload cannot be shared by URL
+        if st.query_params:
+            st.query_params.clear()
+        return
     wanted = {"dataset": key.dataset, "model": key.model}
     if st.session_state.identity is not None:
         wanted["identity"] = str(st.session_state.identity)
@@ -81,12 +119,13 @@ def sync_url() -> None:
 def set_model_key(key: ModelKey) -> None:
     """Switch the session to another base model (drops its removals)."""
     state = st.session_state
-    if key == state.model_key:
+    if key == state.model_key and not is_upload(key):
         return
     stop_job()
     state.model_key = key
     state.identity = None
     state.pop("workbench", None)
+    state.pop("custom_base", None)
     state.finished = {}
     state.job_errors = {}
 
@@ -95,7 +134,7 @@ def workbench(base: SharedBase) -> Workbench:
     """This session's workbench for ``base``, created (a private copy) on first use."""
     state = st.session_state
     bench = state.get("workbench")
-    if bench is None or bench.key != base.key:
+    if bench is None or bench.key != base.key or bench.base_hash != base.base_hash:
         bench = Workbench.from_base(base)
         state.workbench = bench
     identity = state.identity
@@ -148,6 +187,8 @@ def collect_finished_job(bench: Workbench) -> Job | None:
         elif job.kind == "retrain":
             removal = job.payload["removal"]
             removal.retrained, removal.retrain_s, _ = job.result
+        elif job.kind == "train":
+            use_upload(job.result, job.payload["bundle"])
     except ValueError as error:
         state.job_errors[job.kind] = str(error)
     return job

@@ -17,7 +17,8 @@ PHASE_LABELS = {"probe": "1. Probe: jiggle the photos and watch every slice",
                 "select": "2. Select: L-FOCI picks the slices that carry them",
                 "newton": "3. Newton: update only those slices",
                 "noise": "4. Noise: add calibrated noise for the guarantee",
-                "retrain": "Retraining from scratch on the retained images"}
+                "retrain": "Retraining from scratch on the retained images",
+                "train": "Training on your photos"}
 
 
 def explain(text: str) -> None:
@@ -157,8 +158,8 @@ def job_progress(kinds: tuple[str, ...]) -> None:
     box = st.status(f"{job.label} ({job.elapsed_s:.0f} s)", expanded=True, state="running")
     if job.kind == "unlearn":
         _phase_rows(box, job, list(UNLEARN_PHASES))
-    elif job.kind == "retrain":
-        _phase_rows(box, job, ["retrain"])
+    elif job.kind in ("retrain", "train"):
+        _phase_rows(box, job, [job.kind])
     else:
         _, latest = job.snapshot()
         step = latest.get("step", {})
