@@ -55,12 +55,12 @@ __all__ = ["FociResult", "codec", "foci"]
 logger = logging.getLogger(__name__)
 
 JITTER_FRACTION = 1e-3  # jitter s.d. as a share of the smallest non-zero coordinate gap
-FIRST_SCAN = {1: 128, 2: 32, 3: 24}  # S-neighbours scanned densely per point, by |S|:
+FIRST_SCAN = {1: 128, 2: 32, 3: 24}  # S-neighbours scanned densely per point, by |S|, at m = 1000:
 # the points nearer in S than the joint nearest neighbour number about m^(1/(|S|+1)); these
-# balance the dense scan against finishing the unproven pairs at m ~ 1000 (measured)
+# balance the dense scan against finishing the unproven pairs (measured), and grow alike
 FIRST_SCAN_OTHERWISE = 16  # the same for |S| >= 4
-FIRST_SCAN_CUDA = {1: 512, 2: 256, 3: 128}  # on a GPU the dense scan is cheap and finishing
-FIRST_SCAN_CUDA_OTHERWISE = 96  # unproven pairs is not, so scan further first
+FIRST_SCAN_CUDA = {1: 512, 2: 256, 3: 128}  # the same on a GPU, at m = 10^4: the dense scan is
+FIRST_SCAN_CUDA_OTHERWISE = 96  # cheap there and finishing unproven pairs is not, so scan further
 _TORCH_ON_CPU = False  # tests set this to run the CUDA code path (torch tensors) on the CPU
 SAFE_MAGNITUDE = 2.0**500  # beyond this (or below its inverse) rescale by a power of two
 
@@ -315,10 +315,7 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
         if denominator == 0:
             return FociResult(selected, scores, "y_determined_by_selection")
         candidates = np.setdiff1d(np.arange(n_features), selected)
-        if isinstance(points, torch.Tensor) and points.is_cuda:
-            first_scan = FIRST_SCAN_CUDA.get(len(selected), FIRST_SCAN_CUDA_OTHERWISE)
-        else:
-            first_scan = FIRST_SCAN.get(len(selected), FIRST_SCAN_OTHERWISE)
+        first_scan = _first_scan(m, len(selected), isinstance(points, torch.Tensor) and points.is_cuda)
         sums = _joint_sums(points, rank_dev, candidates, index, first_scan)
         best = int(np.argmax(sums))
         numerator = int(sums[best]) - base
@@ -328,6 +325,15 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
             return FociResult(selected, scores, "score_nonpositive")
         selected.append(int(candidates[best]))
         scores.append(score)
+
+
+def _first_scan(m: int, selected: int, on_cuda: bool) -> int:
+    """S-neighbours to scan densely: the value tuned at m = 1000 (CUDA: 10^4), grown as m^(1/(|S|+1))."""
+    if on_cuda:
+        base, tuned_at = FIRST_SCAN_CUDA.get(selected, FIRST_SCAN_CUDA_OTHERWISE), 10_000
+    else:
+        base, tuned_at = FIRST_SCAN.get(selected, FIRST_SCAN_OTHERWISE), 1000
+    return max(1, min(m - 1, round(base * max(1.0, m / tuned_at) ** (1 / (selected + 1)))))
 
 
 def _single_feature_sums(points, rank) -> np.ndarray:

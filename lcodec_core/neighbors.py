@@ -178,6 +178,22 @@ class NeighborIndex:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float64)
         return getattr(self, f"_query_{self.backend}")(rows, k)
 
+    def count_within(self, rows: np.ndarray, sq_radius: np.ndarray) -> np.ndarray | None:
+        """How many other points lie within squared distance ``sq_radius[r]`` of each row.
+
+        Cheap for ``"sort"`` and ``"kdtree"`` (None for the other backends); boundary
+        points may be counted or not, so use it for sizing, not for proofs.
+        """
+        radius = np.sqrt(np.maximum(sq_radius, 0.0))
+        if self.backend == "sort":
+            here = self.host[rows, 0]
+            below = np.searchsorted(self._sorted, here - radius, side="left")
+            return np.searchsorted(self._sorted, here + radius, side="right") - below - 1
+        if self.backend == "kdtree":
+            found = self._tree.query_ball_point(self.host[rows], radius, return_length=True)
+            return np.asarray(found, np.int64) - 1
+        return None
+
     # ---------------------------------------------------------------- helpers
     @property
     def device_points(self) -> torch.Tensor:
@@ -561,7 +577,7 @@ def nearest_with_extra_column(index: NeighborIndex, columns, *, first_scan: int 
         best_at = _concat([a for _, a in scans], axis=1)  # (m, b) its index
         rows, cols_at = (_host(v) for v in _nonzero(best >= unproven_at))
         if rows.size:
-            _scan_pairs(base, cols, best, best_at, rows, cols_at, threshold)
+            _scan_pairs(index, base, cols, best, best_at, rows, cols_at, threshold)
         return best_at
 
     starts = range(0, count, outer)
@@ -666,17 +682,19 @@ def _dense_scan(cols, near, near_sq):
     return best, best_at
 
 
-def _scan_pairs(base, cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray, scanned: np.ndarray) -> None:
+def _scan_pairs(index, base, cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray, scanned: np.ndarray) -> None:
     """Finish the (row, column) pairs the dense scan could not prove, in place.
 
     A pair (i, j) with best joint squared distance b can only improve on a point k
     with D_S(i, k) < b, and the dense scan already saw every k with D_S(i, k) below
-    ``scanned[i]``. Per chunk of rows, D_S(i, .) is computed exactly against all m
-    points and the nearest ones (enough for LIST_QUANTILE of the rows) are listed in
-    D_S order. The pairs then walk their lists in windows of doubling length; after
-    each window a pair stays only while the next listed D_S is still below its
-    (shrinking) b. A pair that walks off the end of a short list is scanned against
-    all m points. Every candidate is seen; few are seen twice.
+    ``scanned[i]``. Per chunk of rows, the nearest points in S (enough for
+    LIST_QUANTILE of the rows) are listed in D_S order: by the index itself when it
+    can count and list near points cheaply (kd-tree, sort), else from exact D_S(i, .)
+    against all m points (torch, faiss; one matrix per chunk on the GPU). The pairs
+    then walk their lists in windows of doubling length; after each window a pair
+    stays only while the next listed D_S is still below its (shrinking) b. A pair
+    that walks off the end of a short list is scanned against all m points. Every
+    candidate is seen; few are seen twice.
     """
     m = cols.shape[0]
     flat = cols.T.reshape(-1)  # (b * m,): column c's values at c * m ... (c + 1) * m - 1
@@ -688,10 +706,16 @@ def _scan_pairs(base, cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray
     per_chunk = max(1, BLOCK_ELEMENTS // m)
     for start in range(0, distinct.size, per_chunk):
         chunk = distinct[start : start + per_chunk]
-        sq = _sq_to_all(base, chunk)  # (u, m) exact D_S, inf at self, beside ``base``
-        counts = _host((sq < _like(reach[start : start + chunk.size, None], sq)).sum(1))  # (u,) most any pair needs
+        counts = index.count_within(chunk, reach[start : start + chunk.size])  # (u,) most any pair needs
+        sq = None
+        if counts is None:
+            sq = _sq_to_all(base, chunk)  # (u, m) exact D_S, inf at self, beside ``base``
+            counts = _host((sq < _like(reach[start : start + chunk.size, None], sq)).sum(1))
         width = int(min(m - 1, max(1, np.quantile(counts, LIST_QUANTILE))))
-        listed, listed_sq = _nearest_sorted(sq, width)  # (u, width) host arrays, nearest in S first
+        if sq is None:
+            listed, listed_sq = index.query(width, chunk)  # (u, width), nearest in S first
+        else:
+            listed, listed_sq = _nearest_sorted(sq, width)
         seen = (listed_sq < (scanned[chunk] * (1 - ROUNDING_SLACK))[:, None]).sum(axis=1)  # dense-scanned prefix
 
         lo_pair = np.searchsorted(rows, chunk[0], side="left")
@@ -716,8 +740,12 @@ def _scan_pairs(base, cols, best, best_at, rows: np.ndarray, cols_at: np.ndarray
             beyond = np.flatnonzero(listed_sq[slot, -1] < current * (1 + ROUNDING_SLACK))
             for g in range(0, beyond.size, per_chunk):
                 pick = beyond[g : g + per_chunk]
-                every = _arange(m, sq)[None, :].expand(pick.size, m) if isinstance(sq, torch.Tensor) else np.broadcast_to(np.arange(m), (pick.size, m))
-                _improve(flat, best, best_at, pair_rows[pick], pair_cols[pick], every, sq[_like(slot[pick], sq)], m)
+                every_sq = _sq_to_all(base, pair_rows[pick]) if sq is None else sq[_like(slot[pick], sq)]  # (q, m)
+                if isinstance(every_sq, torch.Tensor):
+                    every = _arange(m, every_sq)[None, :].expand(pick.size, m)
+                else:
+                    every = np.broadcast_to(np.arange(m), (pick.size, m))
+                _improve(flat, best, best_at, pair_rows[pick], pair_cols[pick], every, every_sq, m)
 
 
 def _nearest_sorted(sq, width: int) -> tuple[np.ndarray, np.ndarray]:
