@@ -180,6 +180,17 @@ def test_the_torch_code_path_of_the_column_searches_matches_numpy():
     np.testing.assert_array_equal(nearest_in_each_column(torch.from_numpy(data)).numpy(), nearest_in_each_column(data))
 
 
+@pytest.mark.parametrize("list_quantile", [0.9, 0.0])
+def test_the_gpu_listing_path_of_unproven_pairs_matches_numpy(list_quantile, monkeypatch):
+    """With a "torch" index (as on CUDA) unproven pairs are listed from full D_S rows."""
+    monkeypatch.setattr(neighbors, "LIST_QUANTILE", list_quantile)
+    data = continuous(200, 10, seed=11)
+    base, columns = data[:, :2], data[:, 2:]
+    index = NeighborIndex(torch.from_numpy(base), backend="torch")
+    got = nearest_with_extra_column(index, torch.from_numpy(columns), first_scan=2)
+    np.testing.assert_array_equal(got.numpy(), _per_column_truth(base, columns))
+
+
 def test_the_faiss_gpu_path_logic_with_a_cpu_stand_in(monkeypatch):
     """faiss-gpu caps k at 2048; rows it cannot prove go to the float64 product search."""
     import faiss
