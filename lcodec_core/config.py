@@ -20,7 +20,8 @@ class UnlearnConfig:
     explicit_max_params: int = 400   # "auto" forms the p x p block explicitly up to this p, else CG on HVPs
     newton_steps: int = 5            # at most this many damped Newton steps (1 = the classic single step)
     damping: float | None = None     # extra diagonal damping; None: chosen from the data (Levenberg-Marquardt)
-    cg_iterations: int = 20          # conjugate-gradient iterations per step (solver "cg")
+    cg_iterations: int = 20          # at most this many conjugate-gradient iterations per step (solver "cg")
+    cg_tolerance: float = 0.1        # inexact Newton: CG stops at this relative residual |r| / |b|
     retain_subsample: int | None = None  # objective (gradient, line search) on a random retained subsample (None: all)
     curvature_subsample: int | None = None  # Hessian (products) on a random subsample of the retained rows (None: all)
     weight_decay: float | None = None    # lam of the objective; None: the checkpoint's recipe value

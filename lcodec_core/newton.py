@@ -85,6 +85,7 @@ def conjugate_gradient(hvp, rhs: torch.Tensor, damping: float, iterations: int,
 def block_newton(objective: BlockObjective, *, rhs: str = "retain_gradient",
                  forget_rhs: torch.Tensor | None = None, solver: str = "explicit",
                  max_steps: int = 10, damping: float | None = None, cg_iterations: int = 50,
+                 cg_tolerance: float = 1e-6,
                  gradient_tolerance: float = 1e-2, on_step=None) -> tuple[torch.Tensor, NewtonReport]:
     """Damped Newton on f over the block, starting from the trained weights.
 
@@ -116,6 +117,7 @@ def block_newton(objective: BlockObjective, *, rhs: str = "retain_gradient",
         else:
             b = -gradient
         hessian = objective.hessian(v) if solver == "explicit" else None
+        hvp = objective.hvp_operator(v) if solver == "cg" else None
         if hessian is not None and mu is None:
             smallest = float(torch.linalg.eigvalsh(hessian)[0])
             report.smallest_eigenvalue = smallest if step == 0 else report.smallest_eigenvalue
@@ -128,8 +130,8 @@ def block_newton(objective: BlockObjective, *, rhs: str = "retain_gradient",
                 if hessian is not None:
                     direction = solve_explicit(hessian, b, mu_step).to(v.dtype)
                 else:
-                    direction, negative = conjugate_gradient(lambda u: objective.hvp(v, u), b,
-                                                             mu_step, cg_iterations)
+                    direction, negative = conjugate_gradient(hvp, b, mu_step, cg_iterations,
+                                                             cg_tolerance)
                     report.negative_curvature |= negative
             except torch.linalg.LinAlgError:
                 mu_step = max(mu_step, lam) * 10

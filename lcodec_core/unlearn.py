@@ -70,8 +70,8 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
     forget : the forget set U (k images). retain : the retained data (n - k images).
     config : settings (method, probing, selection, solver, noise, seed).
     on_progress : called with {"phase", "fraction", "message"} during the run.
-    weight_decay : lam of the training objective (else ``config.weight_decay``, else the
-        recipe's). recipe : a :class:`models.Recipe`, required by method "retrain".
+    weight_decay : lam of the training objective. ``config.weight_decay``, when set, takes
+        precedence (an explicit user setting); without either, the recipe's value is used. recipe : a :class:`models.Recipe`, required by method "retrain".
 
     Returns
     -------
@@ -201,7 +201,8 @@ def _block_newton_removal(model, forget, retain, config, lam, on_progress, timin
     _emit(on_progress, "newton", 0.0, f"block Newton on p = {objective.size} parameters ({solver})")
     v_new, report = block_newton(objective, rhs=config.rhs, forget_rhs=forget_rhs, solver=solver,
                                  max_steps=config.newton_steps, damping=config.damping,
-                                 cg_iterations=config.cg_iterations, on_step=on_step)
+                                 cg_iterations=config.cg_iterations,
+                                 cg_tolerance=config.cg_tolerance, on_step=on_step)
     new_model = _with_params(model, objective.full_state(v_new, model))
     timings["newton_s"] = time.perf_counter() - tick
     diagnostics["newton"] = {**report.__dict__, "parameters": objective.size,
