@@ -250,7 +250,10 @@ INTRO = (
     "Ours: `lcodec_core.codec` / `lcodec_core.foci` (exact float64 neighbours, jittered ties). Baseline: a dense"
     " float32 all-pairs implementation in the style of the paper authors' code (`torch.cdist`, diagonal masked,"
     " `argmin`; for FOCI one such search per candidate per step), timed in the same run on the same data."
-    " Written by `bench/bench_dependence.py --write-docs`; each subsection is one run."
+    " Written by `bench/bench_dependence.py --write-docs`; each subsection is one run. 'met' judges wall"
+    " time: where the load average exceeds the cores (other sessions' work), wall time runs well above CPU"
+    " time, so read both columns; the run pinned to 2 idle cores of the device machine is the"
+    " uncontended reference."
 )
 
 
