@@ -98,12 +98,36 @@ def metric_value(page, label: str) -> float:
     return float(text.strip().rstrip("%")) / 100
 
 
+SETTLED_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')];
+    return app && app.getAttribute("data-test-script-state") === "notRunning"
+        && !document.querySelector('[data-stale="true"], [data-testid^="stSkeleton"]')
+        && charts.every(chart => chart.querySelector(".main-svg"));
+}"""
+
+
 def settle(page) -> None:
-    """Wait until the script run is over and every chart on screen is drawn."""
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
-    charts = page.locator(".js-plotly-plot")
-    for i in range(charts.count()):
-        charts.nth(i).locator(".main-svg").first.wait_for(state="attached", timeout=30_000)
+    """Wait until the script run is over, no stale element is left and every chart is drawn."""
+    page.wait_for_function(SETTLED_JS, timeout=60_000)
+
+
+def narrow(page) -> None:
+    """Phone-sized viewport, with the sidebar folded away as a phone user would have it."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    collapse = page.locator('[data-testid="stSidebarCollapseButton"] button')
+    if collapse.is_visible():
+        collapse.click()
+    page.locator('[data-testid="stSidebar"]').wait_for(state="hidden", timeout=10_000)
+
+
+def desktop(page) -> None:
+    """Desktop viewport with the sidebar (navigation) open."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    expand = page.locator('[data-testid="stExpandSidebarButton"]')
+    if expand.is_visible():
+        expand.click()
+    page.locator('[data-testid="stSidebar"]').wait_for(state="visible", timeout=10_000)
 
 
 def scroll_to(page, text: str) -> None:
@@ -130,20 +154,24 @@ def test_first_removal_journey(server, browser):
     assert forgotten_after <= forgotten_before - 0.5, (forgotten_before, forgotten_after)
     assert retained_after >= retained_before - 0.02, (retained_before, retained_after)
 
-    settle(page)
     scroll_to(page, "3. Remove them")
+    settle(page)
     page.screenshot(path=OUTPUT / "first-removal-desktop.png")
-    page.set_viewport_size({"width": 390, "height": 844})
+    narrow(page)
     scroll_to(page, "Accuracy after the removal")
+    settle(page)
     page.screenshot(path=OUTPUT / "first-removal-narrow.png")
 
     # The maps page opens on the same session and shows the removal.
-    page.set_viewport_size({"width": 1280, "height": 800})
+    desktop(page)
     page.get_by_role("link", name="Before and after").first.click()
+    page.wait_for_url("**/before-after*", timeout=30_000)
+    page.get_by_text("What next?").wait_for(state="detached", timeout=60_000)  # Start page gone
     page.get_by_text("The forgotten photos").wait_for(timeout=60_000)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Before and after").evaluate("e => e.scrollIntoView()")
     settle(page)
     page.screenshot(path=OUTPUT / "before-after-desktop.png")
-    page.set_viewport_size({"width": 390, "height": 844})
+    narrow(page)
+    settle(page)
     page.screenshot(path=OUTPUT / "before-after-narrow.png")
     page.close()

@@ -83,12 +83,12 @@ for title, (b_maps, a_maps, images, targets, pred_b, pred_a) in maps.items():
     for n, (split, index) in enumerate(groups[title]):
         person = names[int(targets[n])]
         st.plotly_chart(charts.image_panels(
-            [(f"{person} ({'training' if split == 'train' else 'held-out'})", pixels[n], "photo"),
-             ("original model", b_maps[n], "map"), ("unlearned model", a_maps[n], "map"),
-             ("difference", a_maps[n] - b_maps[n], "diff")],
+            [("photo", pixels[n], "photo"), ("original", b_maps[n], "map"),
+             ("unlearned", a_maps[n], "map"), ("difference", a_maps[n] - b_maps[n], "diff")],
             value_range=value_range, diff_range=diff_range, height=270),
             key=f"ba_{title}_{n}", theme=None, config={"displayModeBar": False})
-        st.caption(f"Prediction before: **{names[pred_b[0][n]]}** ({pred_b[1][n]:.0%})  →  after: "
+        st.caption(f"**{person}**, {'training' if split == 'train' else 'held-out'} photo. "
+                   f"Prediction before: **{names[pred_b[0][n]]}** ({pred_b[1][n]:.0%})  →  after: "
                    f"**{names[pred_a[0][n]]}** ({pred_a[1][n]:.0%}); probability of "
                    f"{person}: {pred_b[2][n, int(targets[n])]:.0%} → {pred_a[2][n, int(targets[n])]:.0%}")
 
