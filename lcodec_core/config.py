@@ -14,7 +14,8 @@ class UnlearnConfig:
     method: str = "lfoci"            # one of METHODS; selection methods feed the block Newton step
     num_perturbations: int = 100     # m: perturbed copies of each forget image for probing
     perturbation_std: float = 0.1    # std of Gaussian input noise on the normalised image (paper: 0.1)
-    max_slices: int = 8              # cap on L-FOCI's selection (and size of random selection)
+    max_slices: int = 4              # cap on L-FOCI's selection; later picks score near noise level and
+                                     # reach early conv layers, which makes every Hessian product costlier
     rhs: str = "retain_gradient"     # Newton right-hand side: -grad F_r(w) ("retain_gradient") or g_U ("forget_gradient")
     solver: str = "auto"             # "explicit" block Hessian, "cg" on Hessian-vector products, or "auto" by size
     explicit_max_params: int = 400   # "auto" forms the p x p block explicitly up to this p, else CG on HVPs
