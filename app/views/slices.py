@@ -9,9 +9,32 @@ from lcodec_app import attributions, charts
 from lcodec_app.panels import model_before, removal_chooser
 from lcodec_app.widgets import explain, require_removal
 from lcodec_core.slices import sliced_modules
+from torch import nn
 
 bench = st.session_state.workbench
 bundle = bench.bundle
+
+
+def linear_input_layout(model, layer: str) -> tuple[int, ...] | None:
+    """(C, H, W) that a Linear layer's inputs came from, to draw its weights as pictures.
+
+    The first layer of a model on flattened pixels reads the image; a layer after convolutions
+    reads the last conv's C feature maps of size s x s (when in_features = C * s * s).
+    """
+    modules = sliced_modules(model)
+    names = [name for name, _ in modules]
+    module = modules[names.index(layer)][1]
+    if not isinstance(module, nn.Linear):
+        return None
+    if names.index(layer) == 0 and module.in_features == int(np.prod(bundle.input_shape)):
+        return tuple(bundle.input_shape)
+    convs = [m for _, m in modules[:names.index(layer)] if isinstance(m, nn.Conv2d)]
+    if convs and module.in_features % convs[-1].out_channels == 0:
+        side = int(round((module.in_features // convs[-1].out_channels) ** 0.5))
+        if convs[-1].out_channels * side * side == module.in_features:
+            return convs[-1].out_channels, side, side
+    return None
+
 
 st.title("Slices")
 st.markdown("A **slice** is one output unit of a layer: one filter of a convolution, or one "
@@ -71,7 +94,7 @@ module_before = dict(before_model.named_modules())[layer]
 module_after = dict(after_model.named_modules())[layer]
 w_before = module_before.weight.detach()[unit].numpy()
 w_after = module_after.weight.detach()[unit].numpy()
-input_shape = tuple(bundle.input_shape) if w_before.ndim == 1 and layer == layer_names[0] else None
+input_shape = linear_input_layout(before_model, layer)
 
 st.subheader(f"Weights of {layer}[{unit}]")
 mosaic_before = charts.mosaic(w_before, input_shape)
@@ -83,7 +106,10 @@ st.plotly_chart(charts.image_panels([("before", mosaic_before, "map"),
 changed = not np.array_equal(w_before, w_after)
 explain(("The filter's weights before and after the removal on one colour scale, and their "
          "change (red up, blue down). " if w_before.ndim == 3 else
-         "The neuron's incoming weights laid out as a grid, before and after, and the change. ")
+         ("The neuron's incoming weights, one tile per feature map it reads "
+          f"({input_shape[0]} maps of {input_shape[1]}x{input_shape[2]}), before and after, and "
+          "the change. " if input_shape else "The neuron's incoming weights laid out as a grid, "
+          "before and after, and the change. "))
         + ("This slice was updated." if changed else "This slice was not changed (bit-identical)."))
 
 st.subheader("What it responds to")
