@@ -30,6 +30,7 @@ class Recipe:
     batch_size: int = 32         # minibatch size
     weight_decay: float = 5e-4   # lam in F(w): L2 penalty (lam/2)|w|^2 on every parameter
     seed: int = 0                # initialisation and shuffling seed
+    optimizer: str = "adam"      # "adam" (minibatch) or "lbfgs" (full batch, to the optimum of a convex F)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +44,8 @@ class Recipe:
 DEFAULT_RECIPES = {
     ("olivetti", "small_cnn"): Recipe("small_cnn", epochs=30, lr=3e-3, batch_size=32),
     ("olivetti", "resnet18"): Recipe("resnet18", epochs=15, lr=1e-3, batch_size=32),
-    ("mnist", "logreg"): Recipe("logreg", epochs=30, lr=1e-2, batch_size=256, weight_decay=1e-3),
+    ("mnist", "logreg"): Recipe("logreg", epochs=40, lr=1.0, batch_size=8000, weight_decay=1e-3,
+                                optimizer="lbfgs"),
     ("mnist", "mlp"): Recipe("mlp", epochs=20, lr=3e-3, batch_size=128, weight_decay=5e-4),
 }
 
@@ -75,6 +77,49 @@ def accuracy(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> f
     return float((predict(model, images).argmax(1) == targets).float().mean())
 
 
+def _fit_adam(model: nn.Module, dataset, recipe: Recipe, on_progress) -> None:
+    """Minibatch Adam with coupled L2 (adds lam * w to the gradient) and a cosine schedule."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(recipe.epochs, 1))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    loader = DataLoader(list(zip(dataset.images, dataset.targets)), batch_size=recipe.batch_size,
+                        shuffle=True, generator=generator)
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(recipe.epochs):
+        total = 0.0
+        for images, targets in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images), targets)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(targets)
+        scheduler.step()
+        if on_progress is not None:
+            on_progress({"epoch": epoch + 1, "epochs": recipe.epochs, "loss": total / len(dataset)})
+
+
+def _fit_lbfgs(model: nn.Module, dataset, recipe: Recipe, on_progress) -> None:
+    """Full-batch L-BFGS (strong Wolfe) on F(w) = mean CE + (lam/2)|w|^2; each "epoch" is one
+    optimizer step of up to 25 iterations. For a convex model this reaches the unique optimum,
+    so retraining gives the same weights up to the solver tolerance."""
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=recipe.lr, max_iter=25, history_size=20,
+                                  tolerance_grad=1e-9, tolerance_change=1e-12,
+                                  line_search_fn="strong_wolfe")
+    params = list(model.parameters())
+
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(dataset.images), dataset.targets)
+        loss = loss + 0.5 * recipe.weight_decay * sum(p.pow(2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    for epoch in range(recipe.epochs):
+        loss = optimizer.step(closure)
+        if on_progress is not None:
+            on_progress({"epoch": epoch + 1, "epochs": recipe.epochs, "loss": float(loss)})
+
+
 def train(model_name: str, dataset, recipe: Recipe | None = None, *,
           on_progress: ProgressFn | None = None, test=None) -> Checkpoint:
     """Train a zoo model from scratch with ``recipe`` on ``dataset`` (an ImageDataset).
@@ -87,25 +132,14 @@ def train(model_name: str, dataset, recipe: Recipe | None = None, *,
     torch.manual_seed(recipe.seed)
     num_classes = len(dataset.classes)
     model = build_model(model_name, num_classes, tuple(dataset.images.shape[1:]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(recipe.epochs, 1))
-    generator = torch.Generator().manual_seed(recipe.seed)
-    loader = DataLoader(list(zip(dataset.images, dataset.targets)), batch_size=recipe.batch_size,
-                        shuffle=True, generator=generator)
-    loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
     model.train()
-    for epoch in range(recipe.epochs):
-        total = 0.0
-        for images, targets in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(images), targets)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(targets)
-        scheduler.step()
-        if on_progress is not None:
-            on_progress({"epoch": epoch + 1, "epochs": recipe.epochs, "loss": total / len(dataset)})
+    if recipe.optimizer == "lbfgs":
+        _fit_lbfgs(model, dataset, recipe, on_progress)
+    elif recipe.optimizer == "adam":
+        _fit_adam(model, dataset, recipe, on_progress)
+    else:
+        raise ValueError(f"recipe.optimizer must be 'adam' or 'lbfgs'; got {recipe.optimizer!r}")
     model.eval()
     metadata = {
         "model": model_name,
