@@ -302,3 +302,21 @@ def test_zip_of_photos_trains_a_private_model(trained):
     assert bench.key == type(bench.key)("upload:faces.zip", "small_cnn")
     assert bench.class_names == ["ada", "bo", "cy"]
     assert [b.label for b in at.button if b.key and b.key.startswith("md_pick_")] == bench.class_names
+
+
+def test_mnist_logistic_regression_end_to_end(trained):
+    """The other built-in data set: trained on first use, a digit removed, maps without convs."""
+    at = AppTest.from_file(str(APP), default_timeout=600)  # the first run trains the model
+    at.query_params.update({"dataset": "mnist", "model": "logreg", "identity": "3"})
+    at.run()
+    assert_clean(at)
+    assert at.session_state["workbench"].key.dataset == "mnist"
+    at.button(key="start_run").click().run()
+    finish(at)
+    assert metric(at, "Forgotten photos") <= 0.5
+    assert metric(at, "Retained photos") >= 0.8
+    for page in NEEDS_REMOVAL[:2]:  # slices (a 28x28 weight picture), maps (input saliency)
+        at.switch_page(page).run()
+        assert_clean(at)
+        assert at.get("plotly_chart")
+    assert base_hash() == trained  # the Olivetti base model was never touched
