@@ -30,18 +30,19 @@ class BlockObjective:
     rows : parameter name -> first-dimension rows in the block (from ``slice_parameter_rows``).
     images : (N, C, H, W) float, targets : (N,) long. The data of the objective.
     weight_decay : lam.
-    batch_size : images per forward pass (bounds memory of double backward).
+    batch_size : rows per forward pass (bounds memory of double backward). None: as many as
+        keep the boundary tensors of one pass under ``memory_budget`` bytes (x8 for the
+        intermediate activations); each pass has a fixed cost, so fewer, larger passes are faster.
     curvature_size : Hessian-vector products and the explicit Hessian average over a seeded
         random subsample of this many rows (None: all rows); f and grad f always use all rows.
     """
 
     def __init__(self, model: nn.Module, rows: dict[str, list[int]], images: torch.Tensor,
-                 targets: torch.Tensor, weight_decay: float, batch_size: int = 256,
-                 curvature_size: int | None = None, seed: int = 0):
+                 targets: torch.Tensor, weight_decay: float, batch_size: int | None = None,
+                 curvature_size: int | None = None, seed: int = 0, memory_budget: float = 2**28):
         if not rows:
             raise ValueError("the parameter block is empty: select at least one slice")
         self.weight_decay = float(weight_decay)
-        self.batch_size = batch_size
         params = {k: v.detach() for k, v in model.named_parameters()}
         self.names = sorted(rows)
         device = next(model.parameters()).device
@@ -53,7 +54,10 @@ class BlockObjective:
         # caller's model (its mode and buffers) is never touched.
         frozen_model = copy.deepcopy(model).eval()
         self.split = split_model(frozen_model, modules)
-        self.boundary = self.split.boundary_values(images.to(device), batch_size)
+        self.boundary = self.split.boundary_values(images.to(device), batch_size or 256)
+        if batch_size is None:
+            batch_size = max(1, int(memory_budget // (4 * 8 * max(self.boundary_numel, 1))))
+        self.batch_size = batch_size
         suffix_params = dict(self.split.suffix.named_parameters())
         self.frozen = {k: params[k] for k in suffix_params}
         self.buffers = {k: b for k, b in self.split.suffix.named_buffers()}

@@ -182,7 +182,7 @@ def _block_newton_removal(model, forget, retain, config, lam, on_progress, timin
     by_ref = {(s.module, s.index): s for s in slices}
     rows = slice_parameter_rows(model, [by_ref[(s.module, s.index)] for s in selected])
     data = _subsample(retain, config.retain_subsample, config.seed)
-    objective = BlockObjective(model, rows, data.images, data.targets, lam, config.batch_size,
+    objective = BlockObjective(model, rows, data.images, data.targets, lam,
                                curvature_size=config.curvature_subsample, seed=config.seed)
     solver = config.solver
     if solver == "auto":
@@ -190,8 +190,7 @@ def _block_newton_removal(model, forget, retain, config, lam, on_progress, timin
     forget_rhs = None
     if config.rhs == "forget_gradient":
         n, k = len(forget) + len(retain), len(forget)
-        forget_objective = BlockObjective(model, rows, forget.images, forget.targets, lam,
-                                          config.batch_size)
+        forget_objective = BlockObjective(model, rows, forget.images, forget.targets, lam)
         # g_U = (1/(n-k)) sum_U [grad l + lam w] = k/(n-k) * (mean_U grad l + lam w)
         forget_rhs = forget_objective.gradient(objective.v0) * (k / (n - k))
 
