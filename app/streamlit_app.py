@@ -14,7 +14,7 @@ if str(APP_DIR) not in sys.path:  # `streamlit run` adds it; the test harness do
 import streamlit as st  # noqa: E402
 
 from lcodec_core.data import DataError  # noqa: E402
-from lcodec_app import state  # noqa: E402
+from lcodec_app import state, widgets  # noqa: E402
 from lcodec_app.workbench import DATASET_LABELS, MODEL_LABELS  # noqa: E402
 from models import CheckpointError  # noqa: E402
 
@@ -64,9 +64,8 @@ with st.sidebar:
     removed = len(bench.history)
     st.caption(f"This session: {removed} removal{'s' if removed != 1 else ''} "
                f"· model {bench.current_hash[:10]}")
-    job = state.current_job()
-    if job is not None and not job.done:
-        st.caption(f":material/hourglass_top: {job.label}...")
+    if widgets.busy():
+        widgets.job_badge()
     st.caption("Your changes are private to this browser tab; the shared model is never edited.")
 
 try:

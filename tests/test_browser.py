@@ -112,21 +112,26 @@ def settle(page) -> None:
     page.wait_for_function(SETTLED_JS, timeout=60_000)
 
 
+def click_if_there(button) -> None:
+    """Click ``button`` unless it does not show up (Streamlit may fold or unfold the sidebar
+    by itself when the viewport changes, removing the button under the pointer)."""
+    try:
+        button.click(timeout=3_000)
+    except sync_api.TimeoutError:
+        pass
+
+
 def narrow(page) -> None:
     """Phone-sized viewport, with the sidebar folded away as a phone user would have it."""
     page.set_viewport_size({"width": 390, "height": 844})
-    collapse = page.locator('[data-testid="stSidebarCollapseButton"] button')
-    if collapse.is_visible():
-        collapse.click()
+    click_if_there(page.locator('[data-testid="stSidebarCollapseButton"] button'))
     page.locator('[data-testid="stSidebar"]').wait_for(state="hidden", timeout=10_000)
 
 
 def desktop(page) -> None:
     """Desktop viewport with the sidebar (navigation) open."""
     page.set_viewport_size({"width": 1280, "height": 800})
-    expand = page.locator('[data-testid="stExpandSidebarButton"]')
-    if expand.is_visible():
-        expand.click()
+    click_if_there(page.locator('[data-testid="stExpandSidebarButton"]'))
     page.locator('[data-testid="stSidebar"]').wait_for(state="visible", timeout=10_000)
 
 

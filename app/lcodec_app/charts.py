@@ -17,8 +17,8 @@ METRIC_LABELS = {
 BAR_LABELS = {  # two lines each, so the axis stays level on a phone
     "forget_accuracy": "forgotten<br>images",
     "retain_accuracy": "retained<br>images",
-    "test_accuracy": "held-out,<br>others",
-    "forget_test_accuracy": "held-out,<br>forgotten person",
+    "test_accuracy": "held-out<br>others",
+    "forget_test_accuracy": "held-out<br>forgotten",
 }
 MODEL_COLOURS = {"original": "#8c8c8c", "unlearned": "#d62728", "retrained": "#1f77b4"}
 LINE_COLOURS = {"forget_accuracy": "#d62728", "retain_accuracy": "#2ca02c",
@@ -47,6 +47,7 @@ def accuracy_bars(models: dict[str, dict], metrics=tuple(METRIC_LABELS)) -> go.F
                     marker_color=MODEL_COLOURS.get(name), text=[_pct(v) for v in y],
                     textposition="outside", cliponaxis=False)
     fig.update_yaxes(title="accuracy (%)", range=[0, 112])
+    fig.update_xaxes(tickangle=0)
     fig.update_layout(barmode="group", bargap=0.25)
     return _compact(fig, 330)
 

@@ -13,7 +13,6 @@ take :data:`ENGINE_LOCK` in turn; a session waiting for another one says so in i
 from __future__ import annotations
 
 import copy
-import math
 import threading
 import time
 from typing import Callable
@@ -176,7 +175,3 @@ def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
         return {"model": model, "rows": rows, "removed": removed}
 
     return work
-
-
-def is_finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

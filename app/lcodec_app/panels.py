@@ -19,19 +19,19 @@ def result_metrics(removal: Removal) -> None:
     before, after = removal.before, removal.after
     st.markdown("**Accuracy after the removal** (change from before)")
     # A wrapping row: four across on a desktop, two by two on a phone.
-    with st.container(horizontal=True, gap="medium", key=f"metrics_{removal.hash_after[:12]}"):
+    with st.container(horizontal=True, gap="small", key=f"metrics_{removal.hash_after[:12]}"):
         st.metric(FORGOTTEN_LABEL, pct(after["forget_accuracy"]),
-                  points(before["forget_accuracy"], after["forget_accuracy"]), width=150,
+                  points(before["forget_accuracy"], after["forget_accuracy"]), width=140,
                   delta_color="inverse", help="How often the model still recognises the removed "
                   "training photos. For a whole person, a model retrained without them gets ~0%.")
         st.metric(RETAINED_LABEL, pct(after["retain_accuracy"]),
-                  points(before["retain_accuracy"], after["retain_accuracy"]), width=150,
+                  points(before["retain_accuracy"], after["retain_accuracy"]), width=140,
                   help="Accuracy on every training photo that was kept: it should stay high.")
         st.metric(HELD_OUT_LABEL, pct(after["test_accuracy"]),
-                  points(before["test_accuracy"], after["test_accuracy"]), width=150,
+                  points(before["test_accuracy"], after["test_accuracy"]), width=140,
                   help="Held-out photos (never used for training) of people who were not removed.")
         st.metric(HELD_OUT_FORGOTTEN_LABEL, pct(after["forget_test_accuracy"]),
-                  points(before["forget_test_accuracy"], after["forget_test_accuracy"]), width=150,
+                  points(before["forget_test_accuracy"], after["forget_test_accuracy"]), width=140,
                   delta_color="inverse", help="Held-out photos of the removed person, never "
                   "used for training (n/a when single photos were removed).")
 

@@ -174,6 +174,17 @@ def job_progress(kinds: tuple[str, ...]) -> None:
         box.button("Stop", key=f"stop_{job.kind}", on_click=state.stop_job, icon=":material/stop:")
 
 
+@st.fragment(run_every=1.0)
+def job_badge() -> None:
+    """One line in the sidebar while a job runs, on every page; reruns the app when it ends."""
+    job = state.current_job()
+    if job is None:
+        return
+    if job.done:
+        st.rerun(scope="app")
+    st.caption(f":material/hourglass_top: {job.label}... ({job.elapsed_s:.0f} s)")
+
+
 def show_job_error(kind: str) -> None:
     message = state.job_error(kind)
     if message:
