@@ -117,7 +117,7 @@ def _fit_lbfgs(model: nn.Module, dataset, recipe: Recipe, on_progress) -> None:
     for epoch in range(recipe.epochs):
         loss = optimizer.step(closure)
         if on_progress is not None:
-            on_progress({"epoch": epoch + 1, "epochs": recipe.epochs, "loss": float(loss)})
+            on_progress({"epoch": epoch + 1, "epochs": recipe.epochs, "loss": float(loss.detach())})
 
 
 def train(model_name: str, dataset, recipe: Recipe | None = None, *,

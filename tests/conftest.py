@@ -57,3 +57,13 @@ def trained_small_cnn(lcodec_env, olivetti):
     """The default demo model, ``(checkpoint, bundle)``, trained and cached once per session."""
     from lcodec_core.zoo_cache import load_or_train
     return load_or_train("olivetti", bundle=olivetti)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests: faster than two on busy cores
+    (OpenMP spinning), restored afterwards. Use with ``pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

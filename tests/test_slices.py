@@ -15,13 +15,7 @@ from lcodec_core.slices import (ActivationRecorder, SliceRef, count_parameters, 
                                 slice_parameter_rows)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and avoids OpenMP spinning on busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 class ConvTwinLinear(nn.Module):

@@ -30,13 +30,7 @@ CLASSES = ["a", "b", "c"]
 FAST = dict(num_perturbations=20, newton_steps=3)   # small probe, few Newton steps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and avoids OpenMP spinning on busy cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 
