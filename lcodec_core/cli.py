@@ -112,15 +112,22 @@ def cmd_unlearn(args) -> int:
         report["saved_to"] = str(Checkpoint(outcome.model, metadata).save(args.save))
     if args.json:
         from pathlib import Path
-        Path(args.json).write_text(json.dumps(report, indent=2, default=_json_default))
+        Path(args.json).write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False,
+                                              default=str))
     _print_summary(report)
     return 0
 
 
-def _json_default(value):
-    if isinstance(value, float):
+def _strict_json(value):
+    """NaN and infinities (e.g. the held-out accuracy of an index request) become null."""
+    import math
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def _print_summary(report: dict) -> None:

@@ -75,3 +75,15 @@ def test_bad_requests_are_one_line_errors(trained_small_cnn, args, message):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_index_request_writes_strict_json(trained_small_cnn, tmp_path):
+    out = tmp_path / "report.json"
+    result = run_cli("unlearn", "--dataset", "olivetti", "--forget-index", "7", "--perturbations", "10",
+                     "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "NaN" not in text
+    report = json.loads(text)
+    assert report["unlearned"]["forget_test_accuracy"] is None   # no held-out images for an index request
+    assert report["request"]["forget_indices"] == [7]
