@@ -5,10 +5,11 @@ any model it needs, so hooks set by the engine or Captum never touch a model the
 drawing) and returns ``work(report)`` for :class:`lcodec_app.jobs.Job`. ``report`` is passed
 to the engine as ``on_progress``.
 
-The engine's Newton step uses forward-mode autodiff (``torch.func.jvp``), whose dual levels
-are global to the process: two removals on two threads at once break each other
-("Trying to create a dual Tensor for forward AD but no level exists"). Removals therefore
-take :data:`ENGINE_LOCK` in turn; a session waiting for another one says so in its progress.
+Removals take :data:`ENGINE_LOCK` in turn; a session waiting for another one says so in its
+progress. (An earlier engine used forward-mode autodiff, whose process-global dual levels made
+concurrent removals fail; the engine now uses double backward, but on a small machine two
+Newton solves at once would each run at half speed with twice the peak memory, so removals
+stay serialised.)
 """
 from __future__ import annotations
 
