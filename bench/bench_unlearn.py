@@ -29,20 +29,17 @@ from lcodec_core.config import UnlearnConfig  # noqa: E402
 from lcodec_core.removal import run_removal  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
-from models import Recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(identities, seeds, method, out: Path) -> list[dict]:
     checkpoint, bundle = load_or_train("olivetti", "small_cnn")
-    recipe = Recipe.from_dict(checkpoint.metadata["recipe"])
     rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as handle:
         for identity in identities:
             request = make_request(bundle, identity=identity)
-            start = datetime.datetime.now()
             retrained = None
             for seed in seeds:
                 outcome = run_removal(checkpoint, bundle, request, UnlearnConfig(method=method, seed=seed),
