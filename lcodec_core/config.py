@@ -39,8 +39,12 @@ class UnlearnConfig:
     def __post_init__(self):
         checks = [
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}"),
-            (self.num_perturbations >= 3, f"num_perturbations (m) must be >= 3; got {self.num_perturbations}"),
-            (self.perturbation_std >= 0, f"perturbation_std must be >= 0; got {self.perturbation_std}"),
+            (self.num_perturbations >= 3,
+             f"num_perturbations (m) must be >= 3; got {self.num_perturbations}. L-CODEC ranks the "
+             f"probe's rows and is undefined below 3; the default is 100 (paper: up to 1000)"),
+            (math.isfinite(self.perturbation_std) and self.perturbation_std >= 0,
+             f"perturbation_std must be a finite number >= 0; got {self.perturbation_std} "
+             f"(the default 0.1 is the paper's)"),
             (self.max_slices >= 1, f"max_slices must be >= 1; got {self.max_slices}"),
             (self.rhs in ("retain_gradient", "forget_gradient"),
              f"rhs must be 'retain_gradient' or 'forget_gradient'; got {self.rhs!r}"),

@@ -28,6 +28,10 @@ OLIVETTI_FILE = "olivettifaces.mat"
 MNIST_IMAGES = "t10k-images-idx3-ubyte"
 MNIST_LABELS = "t10k-labels-idx1-ubyte"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".gif", ".tif", ".tiff", ".webp")
+# Decoders an image folder may use, whatever a file's name says (Pillow picks a decoder from
+# the content; EPS, for one, would start Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "PPM", "GIF", "TIFF", "WEBP")
+MAX_IMAGE_PIXELS = 40_000_000      # width * height of one image (a 40 MP photo); more is refused
 
 
 class DataError(ValueError):
@@ -307,7 +311,6 @@ def _download_mnist(root, filenames) -> Path:
 
 def _folder_raw(path: Path, image_size: int, channels: int):
     """ImageFolder layout -> float32 (N, C, S, S) in [0, 1], labels, sources, class names."""
-    from PIL import Image, UnidentifiedImageError
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (colour); got {channels}")
     if not path.is_dir():
@@ -326,13 +329,38 @@ def _folder_raw(path: Path, image_size: int, channels: int):
             raise DataError(f"identity folder {path / name} holds no images "
                             f"({', '.join(IMAGE_EXTENSIONS)})")
         for file in files:
-            try:
-                with Image.open(file) as image:
-                    image = image.convert(mode).resize((image_size, image_size))
-                    array = np.asarray(image, dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-                raise DataError(f"{file} is not a readable image ({error})") from None
+            array = _read_image(file, image_size, mode)
             images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
             labels.append(label)
             sources.append(str(file.relative_to(path)))
     return np.stack(images), np.array(labels, dtype=np.int64), sources, classes
+
+
+def _read_image(file: Path, image_size: int, mode: str) -> np.ndarray:
+    """One image as float32 (S, S) (mode "L") or (S, S, 3) (mode "RGB") in [0, 1].
+
+    Any colour layout Pillow decodes is converted: palette, grey+alpha, RGBA (alpha dropped),
+    CMYK. 16-bit grey (PNG, TIFF) is scaled by 1/65535 rather than clipped to white; 32-bit
+    integer and float images have no agreed range and are refused. Images larger than
+    :data:`MAX_IMAGE_PIXELS` are refused before their pixels are decoded.
+    """
+    from PIL import Image
+    try:
+        with Image.open(file, formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{file} is {width}x{height} pixels; the limit is "
+                                f"{MAX_IMAGE_PIXELS:,} pixels per image (resize it first)")
+            if image.mode in ("I", "F"):
+                raise DataError(f"{file} has 32-bit {'float' if image.mode == 'F' else 'integer'} "
+                                f"pixels; save it as an 8- or 16-bit image")
+            if image.mode.startswith("I;16"):
+                grey = np.asarray(image, dtype=np.float32) / 65535.0      # (H, W)
+                image = Image.fromarray(np.uint8(np.round(grey * 255)))
+            image = image.convert(mode).resize((image_size, image_size))
+            return np.asarray(image, dtype=np.float32) / 255.0
+    except DataError:
+        raise
+    except Exception as error:  # Pillow's decoders raise many types on corrupt data
+        raise DataError(f"{file} is not a readable image ({error.__class__.__name__}: "
+                        f"{str(error)[:200]}); expected {', '.join(IMAGE_FORMATS)}") from None

@@ -7,6 +7,7 @@ of per-image selections, keeps the selection size under ``max_slices`` and costs
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -34,33 +35,58 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_p
     ----------
     images : (k, C, H, W) normalised forget images; labels : (k,) their true classes.
     num_perturbations : m >= 3 per image. perturbation_std : s.
-    The model runs in eval mode (restored afterwards); the model is not modified.
+    A private eval-mode copy of the model carries the hooks, so the caller's model (its mode,
+    hooks and buffers) is never touched, even while another thread uses it.
+    Raises ``ValueError`` when a loss or an activation is NaN or infinite.
     """
     if len(images) == 0:
         raise ValueError("the forget set is empty: nothing to probe")
     if num_perturbations < 3:
-        raise ValueError(f"num_perturbations must be >= 3 (L-CODEC needs m >= 3); got {num_perturbations}")
+        raise ValueError(f"num_perturbations must be >= 3 (L-CODEC ranks need at least 3 rows); "
+                         f"got {num_perturbations}. Use the default of 100")
+    model = copy.deepcopy(model).eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     k, m = len(images), num_perturbations
     sample = torch.arange(k).repeat_interleave(m)                      # (k*m,)
-    was_training = model.training
-    model.eval()
     activations, losses = [], []
-    try:
-        with ActivationRecorder(model) as recorder:
-            for start in range(0, k * m, batch_size):
-                rows = sample[start:start + batch_size]
-                noise = torch.randn((len(rows),) + tuple(images.shape[1:]), generator=generator)
-                batch = (images[rows] + perturbation_std * noise).to(device)   # (B, C, H, W)
-                logits, acts = recorder.record(batch)                         # (B, K), (B, D)
-                losses.append(F.cross_entropy(logits, labels[rows].to(device), reduction="none").cpu())
-                activations.append(acts.cpu())
-    finally:
-        model.train(was_training)
-    activations = torch.cat(activations).double()
-    losses = torch.cat(losses).double()
-    if not (torch.isfinite(activations).all() and torch.isfinite(losses).all()):
-        raise ValueError("probing produced non-finite activations or losses; check the model's "
-                         "weights and the input normalisation")
+    with ActivationRecorder(model) as recorder:
+        for start in range(0, k * m, batch_size):
+            rows = sample[start:start + batch_size]
+            noise = torch.randn((len(rows),) + tuple(images.shape[1:]), generator=generator)
+            batch = (images[rows] + perturbation_std * noise).to(device)   # (B, C, H, W)
+            logits, acts = recorder.record(batch)                         # (B, K), (B, D)
+            targets = labels[rows].to(device)
+            if logits.ndim != 2 or not (0 <= int(targets.min()) and int(targets.max()) < logits.shape[1]):
+                raise ValueError(f"labels must be class indices in [0, {logits.shape[-1]}) for a model "
+                                 f"with output shape {tuple(logits.shape[1:])}; got labels "
+                                 f"{int(targets.min())}..{int(targets.max())}")
+            losses.append(F.cross_entropy(logits, targets, reduction="none").cpu())
+            activations.append(acts.cpu())
+    activations = torch.cat(activations).double()                     # (k*m, D)
+    losses = torch.cat(losses).double()                               # (k*m,)
+    _check_finite(activations, losses, recorder.modules)
     return Probe(activations, losses, sample)
+
+
+def _check_finite(activations: torch.Tensor, losses: torch.Tensor, modules) -> None:
+    """Refuse NaN/Inf before it reaches L-FOCI, naming the first offending module."""
+    bad_loss = ~torch.isfinite(losses)
+    if bad_loss.any():
+        raise ValueError(f"probing produced a non-finite loss on {int(bad_loss.sum())} of "
+                         f"{len(losses)} perturbed images; the model's output overflows near the "
+                         f"forget images: check its weights and the input normalisation, or "
+                         f"lower perturbation_std")
+    bad_columns = (~torch.isfinite(activations)).any(0)
+    if bad_columns.any():
+        first = int(bad_columns.nonzero()[0])
+        names, offset = [], 0
+        for name, module in modules:
+            width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            if offset <= first < offset + width:
+                names.append(f"{name}[{first - offset}]")
+            offset += width
+        where = names[0] if names else f"column {first}"
+        raise ValueError(f"probing produced non-finite activations in {int(bad_columns.sum())} "
+                         f"slice(s), the first {where}; check the model's weights and the input "
+                         f"normalisation, or lower perturbation_std")

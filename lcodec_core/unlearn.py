@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from typing import Callable
 
@@ -40,16 +41,23 @@ def _emit(on_progress: ProgressFn | None, phase: str, fraction: float, message: 
 
 
 def _check_inputs(model: nn.Module, forget: ImageDataset, retain: ImageDataset) -> None:
+    """Refuse input that cannot give a meaningful removal, before any work (ValueError)."""
     if len(forget) == 0:
         raise ValueError("the forget set is empty: give at least one training image to remove")
     if len(retain) == 0:
-        raise ValueError("the retained set is empty: the forget set cannot be the whole training set")
+        raise ValueError("the retained set is empty: the forget set cannot be the whole training "
+                         "set (to forget everything, train a new model instead)")
     if forget.images.shape[1:] != retain.images.shape[1:]:
         raise ValueError(f"forget and retained images must have the same shape; got "
                          f"{tuple(forget.images.shape[1:])} and {tuple(retain.images.shape[1:])}")
+    for label, data in (("forget", forget), ("retained", retain)):
+        if not torch.isfinite(data.images).all():
+            raise ValueError(f"the {label} images hold NaN or infinite pixels; load them with "
+                             f"lcodec_core.load_dataset, which normalises finite pixels")
     for name, value in model.state_dict().items():
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ValueError(f"the model has non-finite values in {name!r}; nothing was changed")
+            raise ValueError(f"the model has non-finite values in {name!r}; nothing was changed. "
+                             f"Reload the checkpoint or retrain it (lcodec prepare)")
 
 
 def _subsample(retain: ImageDataset, size: int | None, seed: int) -> ImageDataset:
@@ -80,9 +88,9 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
     """
     _check_inputs(model, forget, retain)
     lam = config.weight_decay or weight_decay or (recipe.weight_decay if recipe is not None else None)
-    if not lam or lam <= 0:
-        raise ValueError("weight_decay (lam of the training objective) is needed: pass "
-                         "weight_decay=, a recipe, or set config.weight_decay")
+    if not lam or not math.isfinite(lam) or lam <= 0:
+        raise ValueError(f"weight_decay (lam of the training objective) must be a finite number "
+                         f"> 0; got {lam}: pass weight_decay=, a recipe, or set config.weight_decay")
     n, k = len(forget) + len(retain), len(forget)
     device = next(model.parameters()).device
     timings = {"probe_s": 0.0, "select_s": 0.0, "newton_s": 0.0, "noise_s": 0.0}

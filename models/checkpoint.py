@@ -85,19 +85,38 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"Nothing in it was executed.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected a dict with format {FORMAT!r}")
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise CheckpointError(f"{path}: expected a 'state_dict' mapping names to tensors")
     try:
         metadata = json.loads(payload["metadata"])
-        model = build_model(metadata["model"], metadata["num_classes"],
-                            tuple(metadata["input_shape"]))
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: metadata is missing or malformed ({error})") from None
-    load_state_strict(model, payload["state_dict"], source=str(path))
+        spec = (metadata["model"], int(metadata["num_classes"]),
+                tuple(int(d) for d in metadata["input_shape"]))
+        # Shapes first, on the meta device (no memory): metadata asking for a huge model is
+        # refused by the comparison with the tensors actually in the file.
+        with torch.device("meta"):
+            skeleton = build_model(*spec)
+    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: metadata is missing or malformed "
+                              f"({error.__class__.__name__}: {str(error)[:200]})") from None
+    load_state_strict(skeleton, state_dict, source=str(path), shapes_only=True)
+    for name, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: {name!r} holds NaN or Inf values; refusing to load "
+                                  f"a model with non-finite weights")
+    model = build_model(*spec)
+    load_state_strict(model, state_dict, source=str(path))
     model.eval()
     return Checkpoint(model, metadata)
 
 
-def load_state_strict(model: nn.Module, state_dict: dict, source: str = "state dict") -> None:
-    """Load ``state_dict`` into ``model``; on mismatch raise naming expected vs found keys/shapes."""
+def load_state_strict(model: nn.Module, state_dict: dict, source: str = "state dict", *,
+                      shapes_only: bool = False) -> None:
+    """Load ``state_dict`` into ``model``; on mismatch raise naming expected vs found keys/shapes.
+
+    ``shapes_only``: compare names and shapes, load nothing (for a model on the meta device).
+    """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     if expected != found:
@@ -110,4 +129,5 @@ def load_state_strict(model: nn.Module, state_dict: dict, source: str = "state d
                  f"shape mismatches {shapes[:8]}" if shapes else ""]
         raise CheckpointError(f"{source} does not match the architecture: "
                               + "; ".join(p for p in parts if p))
-    model.load_state_dict(state_dict)
+    if not shapes_only:
+        model.load_state_dict(state_dict)

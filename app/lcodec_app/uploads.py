@@ -12,6 +12,7 @@ from __future__ import annotations
 import stat
 import tempfile
 import zipfile
+import zlib
 from io import BytesIO
 from pathlib import Path, PurePosixPath
 
@@ -89,12 +90,24 @@ def _dataset_root(folder: Path) -> Path:
     return folder
 
 
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Copy one member to ``target``, never more bytes than its header declares."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open(info) as source, open(target, "wb") as sink:
+        written = 0
+        while chunk := source.read(1 << 20):
+            written += len(chunk)
+            if written > info.file_size:  # the header lied about the size
+                raise UploadError(f"{info.filename!r} is larger than its zip header says")
+            sink.write(chunk)
+
+
 def load_image_zip(data: bytes, name: str = "upload") -> DataBundle:
     """A data set from a zip of ``identity/image`` files (grey, 64x64), held in memory."""
     _check_size(data, "zip")
     try:
         archive = zipfile.ZipFile(BytesIO(data))
-    except (zipfile.BadZipFile, OSError) as error:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
         raise UploadError(f"not a readable zip file ({error})") from None
     with archive, tempfile.TemporaryDirectory(prefix="lcodec-zip-") as folder:
         root = Path(folder).resolve()
@@ -103,14 +116,14 @@ def load_image_zip(data: bytes, name: str = "upload") -> DataBundle:
             if root not in target.parents:
                 raise UploadError(f"the zip member {info.filename!r} would land outside the "
                                   f"upload folder")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as source, open(target, "wb") as sink:
-                written = 0
-                while chunk := source.read(1 << 20):
-                    written += len(chunk)
-                    if written > info.file_size:  # the header lied about the size
-                        raise UploadError(f"{info.filename!r} is larger than its zip header says")
-                    sink.write(chunk)
+            try:
+                _extract(archive, info, target)
+            except UploadError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+                    NotImplementedError, ValueError) as error:  # corrupt, encrypted, odd method
+                raise UploadError(f"{info.filename!r} could not be unpacked "
+                                  f"({error.__class__.__name__}: {str(error)[:200]})") from None
         try:
             bundle = load_dataset(f"folder:{_dataset_root(root)}")
         except (DataError, ValueError) as error:
