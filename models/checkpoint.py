@@ -81,7 +81,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except Exception as error:
         raise CheckpointError(
             f"{path} is not a safe lcodec checkpoint: it could not be loaded with "
-            f"weights_only=True ({error.__class__.__name__}: {str(error).splitlines()[0][:200]}). "
+            f"weights_only=True ({error.__class__.__name__}: {_first_line(error)}). "
             f"Nothing in it was executed.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected a dict with format {FORMAT!r}")
@@ -109,6 +109,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     load_state_strict(model, state_dict, source=str(path))
     model.eval()
     return Checkpoint(model, metadata)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters ('' if it has none)."""
+    lines = str(error).splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def load_state_strict(model: nn.Module, state_dict: dict, source: str = "state dict", *,
