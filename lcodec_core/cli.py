@@ -104,17 +104,109 @@ def cmd_unlearn(args) -> int:
     outcome = run_removal(checkpoint, bundle, request, config,
                           compare_retrain=args.compare == "retrain", on_progress=_print_progress)
     report = outcome.report
-    if args.save:
+    from models import state_hash
+
+    from .ledger import Ledger, entry_from_report, save_and_record
+    ledger = Ledger(args.ledger)
+    entry = entry_from_report(report, checkpoint.state_hash(), state_hash(outcome.model))
+    if args.save:  # the file and its ledger row are committed together, or neither
         from models import Checkpoint
         metadata = {**checkpoint.metadata, "parent_hash": checkpoint.state_hash(),
                     "removed": report["request"], "unlearn_settings": config.to_dict(),
                     "sigma": report["sigma"]}
-        report["saved_to"] = str(Checkpoint(outcome.model, metadata).save(args.save))
+        row = save_and_record(Checkpoint(outcome.model, metadata), args.save, entry, ledger)
+        report["saved_to"] = row.model_path
+    else:
+        row = ledger.record(entry)
+    cost = ledger.model_cost(row.model_after)
+    report["ledger"] = {"path": str(ledger.path), "id": row.id, "lineage": row.lineage,
+                        "model_cost": cost.to_dict()}
     if args.json:
         from pathlib import Path
         Path(args.json).write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False,
                                               default=str))
     _print_summary(report)
+    print(f"ledger: removal {row.id} recorded in {ledger.path} (lineage {row.lineage[:12]}); "
+          f"cumulative cost of this model: {cost.describe()}")
+    return 0
+
+
+def cmd_ledger(args) -> int:
+    """Print the recorded removals and each lineage's cumulative (epsilon, delta)."""
+    from .ledger import COMPOSITION, Ledger
+    ledger = Ledger(args.ledger)
+    if args.model_hash:
+        args.model_hash = ledger.resolve_hash(args.model_hash)
+    rows = (ledger.ancestry(args.model_hash) if args.model_hash
+            else ledger.rows(lineage=args.lineage))
+    if args.model_hash and args.lineage:
+        rows = [r for r in rows if r.lineage.startswith(args.lineage.lower())]
+    lineages = {lineage: cost for lineage, cost in ledger.lineages().items()
+                if any(r.lineage == lineage for r in rows)}
+    files = ledger.verify_files() if args.verify else {}
+    if args.json:
+        out = {"ledger": str(ledger.path), "composition": COMPOSITION,
+               "removals": [{**r.to_dict(), **({"file_status": files[r.id]} if r.id in files else {})}
+                            for r in rows],
+               "lineages": {lineage: cost.to_dict() for lineage, cost in lineages.items()}}
+        if args.model_hash:
+            out["model_cost"] = ledger.model_cost(args.model_hash).to_dict()
+        print(json.dumps(_strict_json(out), indent=2, allow_nan=False))
+        return 0
+    if not rows:
+        print(f"No removals recorded in {ledger.path}"
+              + (" for this filter" if args.lineage or args.model_hash else ""))
+        return 0
+    print(f"{len(rows)} removal(s) in {ledger.path}, oldest first:")
+    header = (f"{'id':>4}  {'time (UTC)':<19}  {'lineage':<10}  {'before':<10}  {'after':<10}  "
+              f"{'model':<22}  {'removed':<28}  {'method':<11}  {'epsilon':>7}  {'delta':>7}  saved to")
+    print(header)
+    for r in rows:
+        what = (f"identity {r.identity} ({len(r.forget_indices)} images)" if r.identity is not None
+                else f"{len(r.forget_indices)} image(s) {r.forget_indices[:3]}")
+        saved = r.model_path or "-"
+        if r.id in files:
+            saved += f" ({files[r.id]})"
+        print(f"{r.id:>4}  {r.time[:19].replace('T', ' '):<19}  {r.lineage[:10]:<10}  "
+              f"{r.model_before[:10]:<10}  {r.model_after[:10]:<10}  "
+              f"{(r.dataset or '?') + '/' + (r.model_name or '?'):<22.22}  {what:<28.28}  "
+              f"{r.method or '?':<11}  {'none' if not r.noised else f'{r.epsilon:g}':>7}  "
+              f"{'-' if not r.noised else f'{r.delta:.0e}':>7}  {saved}")
+    print(f"\nCumulative privacy cost per lineage ({COMPOSITION}; a removal without noise "
+          f"means no guarantee):")
+    for lineage, cost in lineages.items():
+        print(f"  {lineage[:16]}  {cost.describe()}")
+    if args.model_hash:
+        print(f"Model {args.model_hash[:16]}: {ledger.model_cost(args.model_hash).describe()}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    """Markdown audit of RESULT.json, or of a removal run now with unlearn's options."""
+    from pathlib import Path
+
+    from .audit_report import write_audit_report
+    if args.result is not None:
+        if args.forget_identity is not None or args.forget_index is not None:
+            raise ValueError("give either RESULT.json or --forget-identity/--forget-index, not both")
+        try:
+            report = json.loads(Path(args.result).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{args.result} is not a JSON report of `unlearn --json`: {error}") from None
+        if not isinstance(report, dict):
+            raise ValueError(f"{args.result} is not a JSON report of `unlearn --json`")
+        out = Path(args.out) if args.out else Path(args.result).with_name(Path(args.result).stem + "-audit")
+    else:
+        if args.forget_identity is None and args.forget_index is None:
+            raise ValueError("give RESULT.json or what to remove (--forget-identity K or --forget-index I ...)")
+        out = Path(args.out or "lcodec-audit")
+        out.mkdir(parents=True, exist_ok=True)
+        args.compare = "retrain"
+        args.json = args.json or str(out / "result.json")
+        cmd_unlearn(args)
+        report = json.loads(Path(args.json).read_text(encoding="utf-8"))
+    path = write_audit_report(report, out, charts=not args.no_charts)
+    print(f"audit written to {path}")
     return 0
 
 
@@ -143,6 +235,13 @@ def _print_summary(report: dict) -> None:
     if t.get("retrain_s"):
         line += f"; retrain {t['retrain_s']:.2f} s; speed-up {report['speedup_over_retrain']:.1f}x"
     print(line)
+    if "audit" in report:
+        audit = report["audit"]
+        for key in ("mia_auc", "mia_efficacy"):
+            print(f"{key:<22}" + "".join(f"{audit[c][key]:>11.3f}" for c in columns))
+        kl = audit["unlearned"]["kl_to_retrained"]
+        print("KL(retrained || unlearned): " + ", ".join(f"{s} {v:.3g}" for s, v in kl.items())
+              + f"; relative weight distance {audit['unlearned']['weight_distance']:.3g}")
     slices = ", ".join(f"{s['module']}[{s['index']}]" for s in report["selected_slices"][:12])
     print(f"{len(report['selected_slices'])} slice(s): {slices}; {report['parameters_updated']} "
           f"parameters ({100 * report['parameter_share']:.2f}% of the model); sigma {report['sigma']:.3g}")
@@ -167,28 +266,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .config import METHODS, UnlearnConfig
     defaults = UnlearnConfig()
+
+    def removal_args(p, target_required: bool = True):
+        """The options of one removal (shared by unlearn and audit)."""
+        data_args(p)
+        p.add_argument("--model", default=None,
+                       help="zoo model name or checkpoint file (default: the data set's zoo model)")
+        target = p.add_mutually_exclusive_group(required=target_required)
+        target.add_argument("--forget-identity", type=int, metavar="K", help="forget every training image of class K")
+        target.add_argument("--forget-index", type=int, nargs="+", metavar="I", help="forget these training indices")
+        p.add_argument("--method", default=defaults.method, choices=METHODS, help="removal method")
+        p.add_argument("--compare", choices=["retrain"], help="also retrain from scratch and compare")
+        p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the removal")
+        p.add_argument("--perturbations", type=int, default=defaults.num_perturbations, help="m per image")
+        p.add_argument("--perturbation-std", type=float, default=defaults.perturbation_std)
+        p.add_argument("--max-slices", type=int, default=defaults.max_slices)
+        p.add_argument("--rhs", default=defaults.rhs, choices=["retain_gradient", "forget_gradient"])
+        p.add_argument("--solver", default=defaults.solver, choices=["auto", "explicit", "cg"])
+        p.add_argument("--newton-steps", type=int, default=defaults.newton_steps)
+        p.add_argument("--epsilon", type=float, default=None, help="(epsilon, delta) target; default: no noise")
+        p.add_argument("--delta", type=float, default=defaults.delta)
+        p.add_argument("--noise-on", default=defaults.noise_on, choices=["block", "all"])
+        p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+        p.add_argument("--save", metavar="PATH", help="save the unlearned model (atomic write)")
+        p.add_argument("--ledger", metavar="FILE", help="ledger database (default: $LCODEC_HOME/ledger.sqlite)")
+
     unlearn = commands.add_parser("unlearn", help="remove an identity or training images from a model")
-    data_args(unlearn)
-    unlearn.add_argument("--model", default=None,
-                         help="zoo model name or checkpoint file (default: the data set's zoo model)")
-    target = unlearn.add_mutually_exclusive_group(required=True)
-    target.add_argument("--forget-identity", type=int, metavar="K", help="forget every training image of class K")
-    target.add_argument("--forget-index", type=int, nargs="+", metavar="I", help="forget these training indices")
-    unlearn.add_argument("--method", default=defaults.method, choices=METHODS, help="removal method")
-    unlearn.add_argument("--compare", choices=["retrain"], help="also retrain from scratch and compare")
-    unlearn.add_argument("--seed", type=int, default=defaults.seed, help="seed of the removal")
-    unlearn.add_argument("--perturbations", type=int, default=defaults.num_perturbations, help="m per image")
-    unlearn.add_argument("--perturbation-std", type=float, default=defaults.perturbation_std)
-    unlearn.add_argument("--max-slices", type=int, default=defaults.max_slices)
-    unlearn.add_argument("--rhs", default=defaults.rhs, choices=["retain_gradient", "forget_gradient"])
-    unlearn.add_argument("--solver", default=defaults.solver, choices=["auto", "explicit", "cg"])
-    unlearn.add_argument("--newton-steps", type=int, default=defaults.newton_steps)
-    unlearn.add_argument("--epsilon", type=float, default=None, help="(epsilon, delta) target; default: no noise")
-    unlearn.add_argument("--delta", type=float, default=defaults.delta)
-    unlearn.add_argument("--noise-on", default=defaults.noise_on, choices=["block", "all"])
-    unlearn.add_argument("--json", metavar="OUT", help="write the full report as JSON")
-    unlearn.add_argument("--save", metavar="PATH", help="save the unlearned model (atomic write)")
+    removal_args(unlearn)
     unlearn.set_defaults(run=cmd_unlearn)
+
+    audit = commands.add_parser("audit", help=(
+        "write a Markdown audit with charts: from RESULT.json of `unlearn --compare retrain`, "
+        "or run that removal first with the same options as unlearn"))
+    audit.add_argument("result", nargs="?", metavar="RESULT.json",
+                       help="report written by `unlearn --compare retrain --json`")
+    removal_args(audit, target_required=False)
+    audit.add_argument("--out", metavar="DIR",
+                       help="report folder (default: RESULT's name + '-audit', or ./lcodec-audit)")
+    audit.add_argument("--no-charts", action="store_true", help="write the Markdown only")
+    audit.set_defaults(run=cmd_audit)
+
+    ledger = commands.add_parser("ledger", help="list recorded removals and cumulative epsilon, delta")
+    ledger.add_argument("--lineage", metavar="HASH", help="only this lineage (root model hash or prefix)")
+    ledger.add_argument("--model-hash", metavar="HASH",
+                        help="only the removals that produced this model, and its cumulative cost")
+    ledger.add_argument("--verify", action="store_true", help="check that saved model files are unchanged")
+    ledger.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ledger.add_argument("--ledger", metavar="FILE", help="ledger database (default: $LCODEC_HOME/ledger.sqlite)")
+    ledger.set_defaults(run=cmd_ledger)
 
     info = commands.add_parser("info", help="describe a data set")
     data_args(info)

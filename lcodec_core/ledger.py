@@ -370,6 +370,15 @@ class Ledger:
             groups.setdefault(row.lineage, []).append(row)
         return {lineage: privacy_cost(rows) for lineage, rows in groups.items()}
 
+    def resolve_hash(self, prefix: str) -> str:
+        """The full model hash that ``prefix`` starts (ValueError if none or several)."""
+        found = {h for row in self.rows(model_hash=prefix) for h in (row.model_before, row.model_after)
+                 if h.startswith(prefix.lower())}
+        if len(found) != 1:
+            raise ValueError(f"model hash {prefix!r} matches "
+                             + ("no model in the ledger" if not found else f"{len(found)} models"))
+        return found.pop()
+
     def lineage_of(self, model_hash: str) -> str | None:
         """The lineage a removal from ``model_hash`` would join (None: no row mentions it)."""
         for row in self.rows(model_hash=model_hash):
