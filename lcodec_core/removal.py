@@ -13,6 +13,7 @@ from torch import nn
 
 from models import Checkpoint, Recipe
 
+from .audit import audit_removal
 from .baselines import retrain
 from .config import UnlearnConfig
 from .data import DataBundle
@@ -38,7 +39,10 @@ def run_removal(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetReque
 
     Report keys: original, unlearned (and retrained) accuracies (see :func:`evaluate`),
     timings (probe_s, select_s, newton_s, unlearn_s, retrain_s), selected_slices,
-    parameters_updated, parameter_share, sigma, epsilon, delta, request, settings, diagnostics.
+    parameters_updated, parameter_share, sigma, epsilon, delta, request, settings, diagnostics;
+    with ``compare_retrain`` also retrained, speedup_over_retrain and ``audit`` (see
+    :func:`.audit.audit_removal`: membership inference, distances to the retrained model and
+    gradient norms for the original, unlearned and retrained models).
     """
     recipe = Recipe.from_dict(checkpoint.metadata["recipe"])
     result = unlearn(checkpoint.model, request.forget, request.retain, config, on_progress,
@@ -72,4 +76,9 @@ def run_removal(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetReque
         report["timings"]["retrain_s"] = time.perf_counter() - start
         report["retrained"] = evaluate(retrained, bundle, request)
         report["speedup_over_retrain"] = report["timings"]["retrain_s"] / report["timings"]["unlearn_s"]
+        if on_progress is not None:
+            on_progress({"phase": "audit", "fraction": 0.0,
+                         "message": "membership inference and distances to the retrained model"})
+        report["audit"] = audit_removal(checkpoint.model, result.model, retrained, bundle, request,
+                                        weight_decay=recipe.weight_decay, seed=config.seed)
     return RemovalOutcome(result.model, result, retrained, report)
