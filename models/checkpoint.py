@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +77,19 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from .zoo import build_model
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on any pickle protocol but 2: not news here
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as error:
+        # torch's own message for a refused pickle suggests weights_only=False: not for us.
+        reason = ("it holds Python objects other than tensors, which only a full unpickler "
+                  "(one that can run code) would build" if isinstance(error, pickle.UnpicklingError)
+                  else f"{error.__class__.__name__}: {_first_line(error)}")
         raise CheckpointError(
             f"{path} is not a safe lcodec checkpoint: it could not be loaded with "
-            f"weights_only=True ({error.__class__.__name__}: {_first_line(error)}). "
-            f"Nothing in it was executed.") from None
+            f"weights_only=True ({reason}). Nothing in it was executed.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected a dict with format {FORMAT!r}")
     state_dict = payload.get("state_dict")
