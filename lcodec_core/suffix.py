@@ -16,6 +16,7 @@ back to prefix = identity and suffix = the whole model.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,7 @@ class _Identity(nn.Module):
 def split_model(model: nn.Module, modules: set[str]) -> SplitModel:
     """Cut ``model``'s traced graph just before the first computation that uses ``modules``."""
     try:
-        traced = fx.symbolic_trace(model)
+        traced = _trace(model)
     except Exception as error:  # dynamic control flow and the like
         log.info("torch.fx could not trace %s (%s); using the whole model as suffix",
                  type(model).__name__, error)
@@ -82,6 +83,43 @@ def split_model(model: nn.Module, modules: set[str]) -> SplitModel:
             env[node] = suffix_graph.node_copy(node, lambda n: env[n])
     suffix_graph.output(fx.map_arg(output.args[0], lambda n: env[n]))
     return SplitModel(_pruned(traced, prefix_graph), _pruned(traced, suffix_graph), traced=True)
+
+
+_TRACE_LOCK = threading.Lock()  # one torch.fx trace at a time in this process (see _trace)
+
+
+class _OwnThreadTracer(fx.Tracer):
+    """A tracer that leaves every other thread's module calls alone.
+
+    While ``Tracer.trace`` runs, torch.fx replaces ``nn.Module.__call__`` and ``__getattr__``
+    process-wide; a forward of any other model in another thread (a dashboard page, another
+    session's evaluation) would then reach this tracer and fail with "module is not installed
+    as a submodule". Calls from other threads run the original code here.
+    """
+
+    def trace(self, root, concrete_args=None):
+        self._thread = threading.get_ident()
+        return super().trace(root, concrete_args)
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    """``fx.symbolic_trace`` made safe next to other threads. Traces are serialised: two at
+    once would each save and restore the other's patch of ``nn.Module.__call__``, leaving a
+    stale tracer installed for the whole process."""
+    with _TRACE_LOCK:
+        tracer = _OwnThreadTracer()
+        graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, model.__class__.__name__)
 
 
 def _pruned(root: fx.GraphModule, graph: fx.Graph) -> fx.GraphModule:

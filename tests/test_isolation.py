@@ -203,3 +203,57 @@ def test_no_page_widget_takes_a_file_system_path():
     for dataset in ("folder:/etc", "folder:../shared/data", "/etc/passwd", "mnist/../../x"):
         assert ModelKey.parse(dataset, None) == ModelKey()
     assert all(not name.startswith("folder:") for name in ZOO)
+
+
+# ---------------------------------------------------------------- tracing and other threads
+class Gate(nn.Module):
+    """A pass-through module that holds the forward (and so a torch.fx trace) until released."""
+
+    def __init__(self, started: threading.Event, release: threading.Event):
+        super().__init__()
+        self.started, self.release = started, release
+
+    def forward(self, x):
+        self.started.set()
+        self.release.wait(30)
+        return x
+
+
+def test_a_model_split_does_not_break_forwards_in_other_threads():
+    """torch.fx patches ``nn.Module.__call__`` process-wide while it traces. The engine traces
+    each removal's model (lcodec_core/suffix.py); a page drawing or evaluating another model
+    in another thread at that moment must still work (it used to raise NameError: "module is
+    not installed as a submodule"), and two traces at once must not undo each other's patches."""
+    from lcodec_core.suffix import split_model
+
+    started, release = threading.Event(), threading.Event()
+    traced_model = nn.Sequential(nn.Linear(4, 4), Gate(started, release), nn.ReLU(), nn.Linear(4, 2))
+    other = TinyNet().eval()
+    call_before = nn.Module.__call__
+    outcome = {}
+
+    def trace():
+        try:
+            outcome["split"] = split_model(traced_model, {"3"})
+        except BaseException as error:
+            outcome["trace_error"] = error
+
+    thread = threading.Thread(target=trace)
+    thread.start()
+    assert started.wait(30)
+    try:
+        with torch.no_grad():
+            outcome["other"] = other(torch.zeros(2, 1, 4, 4))     # while the trace is held
+    except BaseException as error:
+        outcome["other_error"] = error
+    finally:
+        release.set()
+        thread.join(30)
+    assert "other_error" not in outcome, repr(outcome.get("other_error"))
+    assert "trace_error" not in outcome, repr(outcome.get("trace_error"))
+    assert nn.Module.__call__ is call_before
+    split = outcome["split"]
+    assert split.traced
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.allclose(split.suffix(*split.prefix(x)), traced_model(x))
