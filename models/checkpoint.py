@@ -18,6 +18,10 @@ import torch
 from torch import nn
 
 FORMAT = "lcodec-checkpoint-v1"
+# torch warns on stderr whenever weights_only meets a pickle protocol other than 2; a refused
+# upload or file already gets one clear error (a filter, not catch_warnings: that is not
+# thread-safe, and the dashboard loads uploads from several threads).
+warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
 
 
 class CheckpointError(ValueError):
@@ -77,9 +81,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from .zoo import build_model
     path = Path(path)
     try:
-        with warnings.catch_warnings():  # torch warns on any pickle protocol but 2: not news here
-            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as error:
