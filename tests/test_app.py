@@ -164,11 +164,19 @@ def test_audit_retrains_and_downloads(removed, tmp_path):
     retrained = bench.history[-1].retrained
     assert retrained is not None and retrained["forget_accuracy"] <= 0.2
     assert metric_text(removed, "Speed-up").endswith("x")
+    audit = bench.history[-1].audit
+    assert audit["unlearned"]["mia_efficacy"] >= 0.8 and 0 <= audit["retrained"]["mia_auc"] <= 1
+    assert audit["unlearned"]["kl_to_retrained"]["forget"] < audit["original"]["kl_to_retrained"]["forget"]
+    mia_table = next(t.value for t in removed.dataframe if "loss attack AUC" in t.value.index)
+    assert list(mia_table.columns) == ["original", "unlearned", "retrained"]
+    assert mia_table.loc["loss attack AUC", "retrained"] == f"{audit['retrained']['mia_auc']:.3f}"
     assert len(removed.get("download_button")) == 3
     data = json.loads(report.report_json(bench))
     assert data["removals"][0]["identity"] == FORGET_ID
     assert data["removals"][0]["metrics"]["retrained"] is not None
+    assert data["removals"][0]["audit"]["unlearned"]["mia_efficacy"] == audit["unlearned"]["mia_efficacy"]
     assert "| forget accuracy |" in report.report_markdown(bench)
+    assert "| membership attack AUC |" in report.report_markdown(bench)
     path = tmp_path / "model.pt"
     path.write_bytes(report.model_bytes(bench))
     loaded = load_checkpoint(path)

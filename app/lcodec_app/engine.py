@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lcodec_core.audit import audit_removal
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import DataBundle
 from lcodec_core.evaluation import evaluate
@@ -73,21 +74,26 @@ def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnCo
     return work
 
 
-def retrain_work(workbench: Workbench, request: ForgetRequest):
-    """Work that retrains the architecture from scratch on ``request.retain`` (the reference).
+def retrain_work(workbench: Workbench, removal: Removal):
+    """Work that retrains the architecture from scratch on the removal's retained data (the
+    reference) and audits the removal against it (:func:`lcodec_core.audit.audit_removal`).
 
-    Returns (metrics on the request, seconds taken, the retrained model).
+    Returns (metrics on the request, seconds taken, the audit of original/unlearned/retrained).
     """
     model_name = workbench.metadata["model"]
     recipe = Recipe.from_dict(workbench.metadata["recipe"])
-    bundle = workbench.bundle
+    bundle, request = workbench.bundle, removal.request
 
     def work(report: Report):
         start = time.perf_counter()
         checkpoint = train(model_name, request.retain, recipe,
                            on_progress=_training_progress(report, "retrain"))
         elapsed = time.perf_counter() - start
-        return evaluate(checkpoint.model, bundle, request), elapsed, checkpoint.model
+        report({"phase": "audit", "fraction": 1.0,
+                "message": "membership inference and distances to the retrained model"})
+        audit = audit_removal(workbench.original, removal.model, checkpoint.model, bundle, request,
+                              weight_decay=recipe.weight_decay, seed=removal.config.seed)
+        return evaluate(checkpoint.model, bundle, request), elapsed, audit
 
     return work
 

@@ -40,6 +40,7 @@ def removal_record(removal: Removal) -> dict:
         "metrics": {"original": removal.original, "before": removal.before,
                     "unlearned": removal.after, "retrained": removal.retrained},
         "retrain_seconds": removal.retrain_s,
+        "audit": removal.audit,
     }
 
 
@@ -96,6 +97,15 @@ def to_markdown(report: dict) -> str:
             row = [_fmt((metrics.get(k) or {}).get(metric)) if metrics.get(k) else "not run"
                    for k in ("original", "unlearned", "retrained")]
             lines.append(f"| {metric.replace('_', ' ')} | " + " | ".join(row) + " |")
+        audit = removal.get("audit")
+        if audit:
+            lines += ["", "| audit | original | unlearned | retrained |", "|---|---|---|---|"]
+            for key, label in (("mia_auc", "membership attack AUC"), ("mia_efficacy", "MIA-efficacy")):
+                lines.append(f"| {label} | " + " | ".join(f"{audit[m][key]:.3f}" for m in
+                                                           ("original", "unlearned", "retrained")) + " |")
+            lines.append("| KL to retrained, forget set | "
+                         + " | ".join(f"{audit[m]['kl_to_retrained']['forget']:.3g}"
+                                      for m in ("original", "unlearned")) + " | 0 |")
         lines.append("")
     return "\n".join(lines)
 

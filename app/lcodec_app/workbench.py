@@ -62,7 +62,9 @@ class Removal:
     ``before``/``after``: :func:`lcodec_core.evaluation.evaluate` of the model before and
     after this removal on its request; ``original``: the session's untouched base model on
     the same request. ``retrained`` (filled in by the Audit page): the same architecture
-    retrained from scratch on ``request.retain``.
+    retrained from scratch on ``request.retain``; ``audit`` (with it):
+    :func:`lcodec_core.audit.audit_removal` of the original, this removal's model and the
+    retrained one.
     """
     request: ForgetRequest
     config: UnlearnConfig
@@ -74,6 +76,7 @@ class Removal:
     hash_after: str
     retrained: dict | None = None
     retrain_s: float | None = None
+    audit: dict | None = None
 
     @property
     def model(self) -> nn.Module:

@@ -25,7 +25,7 @@ if removal.retrained is None:
               key="audit_retrain", disabled=busy(),
               on_click=lambda: state.start_job(Job(
                   "retrain", f"Retraining without {removal.label}",
-                  engine.retrain_work(bench, removal.request), payload={"removal": removal})))
+                  engine.retrain_work(bench, removal), payload={"removal": removal})))
     explain("Trains the same architecture with the same recipe on the retained photos only "
             "(as long as the model's first training).")
 job_progress(("retrain",))
@@ -41,6 +41,37 @@ st.plotly_chart(charts.accuracy_bars(models), key="audit_bars", config={"display
 explain("Grey: the model before any removal. Red: after unlearning. Blue: retrained from "
         "scratch without the removed photos. Good unlearning puts red close to blue on every "
         "group: near zero on a forgotten person, unchanged elsewhere.")
+
+if removal.audit is not None:
+    audit = removal.audit
+    st.subheader("Could an attacker tell the photos were used?")
+    names = [n for n in ("original", "unlearned", "retrained") if n in audit]
+    st.dataframe(pd.DataFrame({n: {
+        "loss attack AUC": f"{audit[n]['mia_auc']:.3f}",
+        "MIA-efficacy (called non-member)": pct(audit[n]["mia_efficacy"]),
+        "‖gradient‖ on retained data": f"{audit[n]['residual_grad_norm']:.3g}",
+        "‖gradient‖ of the forgotten photos": f"{audit[n]['forget_grad_norm']:.3g}",
+    } for n in names}), column_config={"_index": st.column_config.TextColumn("measure")})
+    explain("A membership-inference attack guesses from the model's outputs whether a photo "
+            "was in the training set. The loss attack's AUC is 0.5 when the removed photos look "
+            "like photos the model never saw; MIA-efficacy is the share of removed photos a "
+            "confidence-based attack calls 'not trained on'. Read each beside the retrained "
+            "model (blue), the reference: for a whole person it misclassifies them, so its AUC "
+            "is below 0.5.")
+    st.subheader("Distance to the retrained model")
+    distances = pd.DataFrame({
+        f"{n}: {measure}": audit[n][key]
+        for n in ("original", "unlearned") for measure, key in
+        (("KL", "kl_to_retrained"), ("L1", "l1_to_retrained"))})
+    st.dataframe(distances.map(lambda v: f"{v:.3g}"), column_config={"_index": st.column_config.TextColumn("data")})
+    cols = st.columns(2)
+    cols[0].metric("Weights: original vs retrained", f"{audit['original']['weight_distance']:.3f}")
+    cols[1].metric("Weights: unlearned vs retrained", f"{audit['unlearned']['weight_distance']:.3f}")
+    explain("How far each model's predicted probabilities are from the retrained model's, on "
+            "the removed photos, the kept training photos and held-out photos (0 = identical). "
+            "Unlearning should shrink the distance on the removed photos without growing it "
+            "elsewhere. The relative weight distance is large for any two separately trained "
+            "networks; it is meaningful for convex models such as logistic regression.")
 
 st.subheader("Cost")
 cols = st.columns(4)
