@@ -32,6 +32,7 @@ PAGES = [
     st.Page("views/live_accuracy.py", title="Live accuracy", icon=":material/monitoring:",
             url_path="live"),
     st.Page("views/audit.py", title="Audit", icon=":material/fact_check:"),
+    st.Page("views/ledger.py", title="Ledger", icon=":material/receipt_long:"),
 ]
 page = st.navigation(PAGES)
 state.init_session()

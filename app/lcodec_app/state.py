@@ -8,6 +8,7 @@ Session-state keys (all owned here):
     finished       {kind: the last finished Job of that kind}, for pages to draw
     job_errors     {kind: message} of the last failed job of that kind
     custom_base    a SharedBase built from this session's uploads (private to the session)
+    ledger_warning why the last committed removal could not be recorded in the ledger, if so
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from lcodec_core.data import DataBundle, load_dataset
 from lcodec_core.zoo_cache import cache_path, load_or_train
 from models import Checkpoint, default_recipe, state_hash
 
+from . import records
 from .jobs import Job
 from .workbench import ModelKey, SharedBase, Workbench
 
@@ -184,6 +186,7 @@ def collect_finished_job(bench: Workbench) -> Job | None:
     try:
         if job.kind == "unlearn":
             bench.push(job.result)
+            state.ledger_warning = records.record_removal(bench, job.result)
         elif job.kind == "retrain":
             removal = job.payload["removal"]
             removal.retrained, removal.retrain_s, _ = job.result
