@@ -27,7 +27,8 @@ Atomic save and record (:func:`save_and_record`)
     The model file and its row are committed together or not at all, even if the process is
     killed at any instant. The protocol, with the state a kill at each point leaves:
 
-    1. serialise the model in memory and hash the bytes (sha256);
+    1. serialise the checkpoint (:meth:`models.Checkpoint.save` into a private temporary
+       folder, read back) and hash the bytes (sha256);
     2. commit the row with ``status='pending'``, the temporary file name, the final path,
        the file hash and the owner process (host, pid, start time);
        - killed before this commit: nothing was written anywhere.
@@ -47,7 +48,13 @@ Atomic save and record (:func:`save_and_record`)
     that fails or is killed before it leaves that file as it was. Pending rows are never
     listed or counted. Committed rows are never deleted: a removal that happened stays on the
     record even if its file is later deleted or overwritten (:meth:`Ledger.verify_files`
-    reports that).
+    reports that). The tests kill a process at each step through ``_step_hook``: after 2
+    ("row_pending"), 3 ("temp_written"), 4 ("renamed") and 5 ("committed").
+
+    Limits: the owner of a pending row is judged dead by pid and process start time on the
+    same host; rows owned by another host are left pending (do not share a ledger over a
+    network file system). Two saves racing to the same final path: the last rename wins and
+    the earlier row stays committed with its file reported "changed".
 
 Concurrency: every operation opens its own connection (so a :class:`Ledger` may be shared by
 threads), writes use ``BEGIN IMMEDIATE`` and a busy timeout, and the database is in WAL mode
