@@ -189,7 +189,7 @@ def collect_finished_job(bench: Workbench) -> Job | None:
             state.ledger_warning = records.record_removal(bench, job.result)
         elif job.kind == "retrain":
             removal = job.payload["removal"]
-            removal.retrained, removal.retrain_s, _ = job.result
+            removal.retrained, removal.retrain_s, removal.audit = job.result
         elif job.kind == "train":
             use_upload(job.result, job.payload["bundle"])
     except ValueError as error:
