@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd,  # noqa: E402
+from bench.common import (COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, quick_suffix,  # noqa: E402
                           read_jsonl, save_figure, setup)
 from lcodec_core.baselines import retrain  # noqa: E402
 from lcodec_core.config import UnlearnConfig  # noqa: E402
@@ -134,8 +134,16 @@ def run_seed(seed: int, args, checkpoint, bundle, writer: JsonlWriter) -> None:
 
 
 # ---------------------------------------------------------------- tables and plots
-def summarise(path: Path) -> str:
+def complete_rows(path: Path) -> tuple[dict, list[dict]]:
+    """(header, rows) of the seeds that reached the last removal (an interrupted seed is left out)."""
     header, rows = read_jsonl(path)
+    last = header.get("removals") or max(r["step"] for r in rows if r["kind"] == "removal")
+    done = {r["seed"] for r in rows if r["kind"] == "checkpoint" and r["step"] == last}
+    return header, [r for r in rows if r["seed"] in done]
+
+
+def summarise(path: Path) -> str:
+    header, rows = complete_rows(path)
     removals = [r for r in rows if r["kind"] == "removal"]
     checkpoints = [r for r in rows if r["kind"] == "checkpoint"]
     checks = [r for r in rows if r["kind"] == "cg_check"]
@@ -184,7 +192,7 @@ def plot(path: Path) -> list[Path]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    _, rows = read_jsonl(path)
+    _, rows = complete_rows(path)
     removals = [r for r in rows if r["kind"] == "removal"]
     checkpoints = [r for r in rows if r["kind"] == "checkpoint"]
     seeds = sorted({r["seed"] for r in removals})
@@ -192,9 +200,15 @@ def plot(path: Path) -> list[Path]:
     written = []
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("retained (residual) and test accuracy",
-                                                        "removed sample's gradient norm"))
+                                                        "removed samples' gradient norm, running mean"))
     for name in METHODS:
-        table = {(r["seed"], r["step"]): r for r in removals if r["method"] == name}
+        table = {(r["seed"], r["step"]): dict(r) for r in removals if r["method"] == name}
+        for s in seeds:  # running mean of the per-sample norm (single samples vary over 3 decades)
+            total = 0.0
+            for t in steps:
+                if (s, t) in table:
+                    total += table[(s, t)]["sample_grad_norm"]
+                    table[(s, t)]["sample_grad_norm"] = total / t
         for key, dash, col in (("retain_accuracy", None, 1), ("test_accuracy", "dot", 1), ("sample_grad_norm", None, 2)):
             stats = [mean_sd([table[(s, t)][key] for s in seeds if (s, t) in table]) for t in steps]
             label = name if key != "test_accuracy" else f"{name} (test)"
@@ -205,7 +219,7 @@ def plot(path: Path) -> list[Path]:
     fig.update_yaxes(title_text="accuracy", row=1, col=1)
     fig.update_yaxes(title_text="|grad l(w, z)|", type="log", row=1, col=2)
     fig.update_layout(title=f"MNIST logistic regression: sequential removals (mean ± sd, {len(seeds)} seeds)")
-    written += save_figure(fig, "mnist_fig5")
+    written += save_figure(fig, "mnist_fig5" + quick_suffix(path))
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("test (validation) accuracy", "|grad F_r(w)| on retained data"))
     points = sorted({c["step"] for c in checkpoints})
@@ -220,7 +234,7 @@ def plot(path: Path) -> list[Path]:
     fig.update_yaxes(title_text="accuracy", row=1, col=1)
     fig.update_yaxes(title_text="gradient norm", type="log", row=1, col=2)
     fig.update_layout(title=f"MNIST: unlearning vs retraining from scratch (mean ± sd, {len(seeds)} seeds)")
-    written += save_figure(fig, "mnist_fig6")
+    written += save_figure(fig, "mnist_fig6" + quick_suffix(path))
     return written
 
 

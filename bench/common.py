@@ -125,6 +125,11 @@ def fmt(values, digits: int = 3, sci: bool = False) -> str:
     return f"{form.format(mean)} ± {form.format(sd)}"
 
 
+def quick_suffix(path: Path) -> str:
+    """'_quick' for the results of a --quick run (their figures must not replace the full run's)."""
+    return "_quick" if Path(path).stem.endswith("_quick") else ""
+
+
 def save_figure(fig, name: str, width: int = 900, height: int = 500) -> list[Path]:
     """Write ``docs/img/<name>.html`` and, when kaleido can, ``docs/img/<name>.png``."""
     IMAGES.mkdir(parents=True, exist_ok=True)
