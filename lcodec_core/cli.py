@@ -92,11 +92,30 @@ def _print_progress(event: dict) -> None:
     print(f"[{event['phase']:>7}] {event['message']}", file=sys.stderr, flush=True)
 
 
+def _refuse_overwriting_the_original(args, checkpoint) -> None:
+    """``--save`` must not name the checkpoint being unlearned (a file or the zoo cache)."""
+    from pathlib import Path
+
+    from models import Recipe
+
+    from .zoo_cache import cache_path
+    if args.model and Path(args.model).is_file():
+        source = Path(args.model)
+    else:
+        source = cache_path(args.dataset, Recipe.from_dict(checkpoint.metadata["recipe"]),
+                            args.data_seed)
+    if Path(args.save).resolve() == source.resolve():
+        raise ValueError(f"--save {args.save} is the model being unlearned; the original is never "
+                         f"overwritten: choose another path")
+
+
 def cmd_unlearn(args) -> int:
     from .removal import run_removal
     from .requests import make_request
     config = _config_from_args(args)
     checkpoint, bundle = _load_model(args)
+    if args.save:
+        _refuse_overwriting_the_original(args, checkpoint)
     if args.forget_identity is not None:
         request = make_request(bundle, identity=args.forget_identity)
     else:
@@ -247,8 +266,15 @@ def _print_summary(report: dict) -> None:
           f"parameters ({100 * report['parameter_share']:.2f}% of the model); sigma {report['sigma']:.3g}")
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit status 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"lcodec: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcodec", description=(
+    parser = _OneLineErrors(prog="lcodec", description=(
         "Remove training samples from a trained classifier with L-FOCI slice selection and a "
         "block Newton step."))
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
@@ -338,3 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lcodec: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # anything unforeseen is still one line (-v shows the traceback)
+        if args.verbose:
+            raise
+        message = str(error).strip().replace("\n", " ")
+        print(f"lcodec: error: unexpected {type(error).__name__}: {message} "
+              f"(run with -v for the traceback)", file=sys.stderr)
+        return 1

@@ -81,8 +81,22 @@ def test_fewer_than_three_perturbations():
     assert_one_error_line(result, "num_perturbations (m) must be >= 3; got 2")
 
 
-@pytest.mark.xfail(strict=True, reason="argparse usage errors print the usage line and "
-                   "'lcodec unlearn: error: ...' (two lines, exit 2): lcodec_core/cli.py, not "
-                   "editable here, reported")
 def test_forget_index_that_is_not_a_number():
     assert_one_error_line(run_cli("unlearn", "--forget-index", "abc"))
+
+
+def test_save_over_the_original_checkpoint_is_refused(trained_small_cnn, tmp_path):
+    from models import Recipe
+    from lcodec_core.zoo_cache import cache_path
+    checkpoint, _ = trained_small_cnn
+    original = tmp_path / "model.pt"
+    checkpoint.save(original)
+    before = original.read_bytes()
+    assert_one_error_line(run_cli("unlearn", "--model", str(original), "--forget-identity", "3",
+                                  "--save", str(original)), "never overwritten")
+    assert original.read_bytes() == before
+    cached = cache_path("olivetti", Recipe.from_dict(checkpoint.metadata["recipe"]), 0)
+    cached_before = cached.read_bytes()
+    assert_one_error_line(run_cli("unlearn", "--forget-identity", "3", "--save", str(cached)),
+                          "never overwritten")
+    assert cached.read_bytes() == cached_before
