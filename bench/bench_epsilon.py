@@ -33,6 +33,7 @@ from lcodec_core.zoo_cache import load_or_train  # noqa: E402
 from models import Recipe, accuracy  # noqa: E402
 
 NAME = "olivetti_epsilon"
+EPSILON_DASH = {"none": None, "1e-05": None, "0.001": "dash", "0.1": "dot", "1.0": "dashdot"}
 EPSILON_COLORS = {"none": "#7f7f7f", "1e-05": "#d62728", "0.001": "#ff7f0e", "0.1": "#2ca02c", "1.0": "#1f77b4"}
 
 
@@ -126,12 +127,14 @@ def plot(path: Path) -> list[Path]:
             stats = [mean_sd([mine[(s, t)][key] for s in seeds if (s, t) in mine]) for t in steps]
             name = f"epsilon {eps}"
             for trace in band_traces(go, steps, [m for m, _ in stats], [d for _, d in stats], name,
-                                     EPSILON_COLORS.get(eps, "#000000"), showlegend=col == 1, legendgroup=name):
+                                     EPSILON_COLORS.get(eps, "#000000"), dash=EPSILON_DASH.get(eps),
+                                     showlegend=col == 1, legendgroup=name):
                 fig.add_trace(trace, row=1, col=col)
     fig.update_xaxes(title_text="images of the person removed")
     fig.update_yaxes(title_text="accuracy", range=[-0.05, 1.05])
     fig.update_layout(title=f"Olivetti, identity {header.get('identity')}: removals one by one, "
-                            f"noise for (epsilon, 1e-5) (mean ± sd, {len(seeds)} seeds)")
+                            f"noise for (epsilon, 1e-5) (mean ± sd, {len(seeds)} seeds; "
+                            f"coinciding lines are drawn dashed)")
     return save_figure(fig, "olivetti_epsilon" + quick_suffix(path))
 
 
