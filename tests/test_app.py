@@ -23,7 +23,7 @@ if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
 PAGES = ["views/start.py", "views/model_data.py", "views/forget.py", "views/slices.py",
-         "views/before_after.py", "views/live_accuracy.py", "views/audit.py"]
+         "views/before_after.py", "views/live_accuracy.py", "views/audit.py", "views/ledger.py"]
 NEEDS_REMOVAL = ["views/slices.py", "views/before_after.py", "views/audit.py"]
 FORGET_ID, OTHER_ID = 5, 0  # identities the quick presets remove reliably
 JOB_TIMEOUT_S = 300
