@@ -8,51 +8,16 @@ job and reruns the script, as the page's polling fragment would.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
-pytest.importorskip("streamlit")
-pytest.importorskip("captum")
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
-APP = APP_DIR / "streamlit_app.py"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
+from apptest import (APP, FORGET_ID, JOB_TIMEOUT_S, OTHER_ID, assert_clean, finish, run_forget,
+                     start_app)
 
 PAGES = ["views/start.py", "views/model_data.py", "views/forget.py", "views/slices.py",
          "views/before_after.py", "views/live_accuracy.py", "views/audit.py", "views/ledger.py"]
 NEEDS_REMOVAL = ["views/slices.py", "views/before_after.py", "views/audit.py"]
-FORGET_ID, OTHER_ID = 5, 0  # identities the quick presets remove reliably
-JOB_TIMEOUT_S = 300
-RUN_TIMEOUT_S = 120
-
-
-def start_app(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=RUN_TIMEOUT_S)
-    if query:
-        at.query_params.update(query)
-    at.run()
-    assert_clean(at)
-    return at
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def finish(at: AppTest) -> AppTest:
-    """Wait for the session's running job, then rerun so the page commits and shows it."""
-    job = at.session_state["job"]
-    assert job is not None, "no job was started"
-    assert job.wait(JOB_TIMEOUT_S), f"{job.label} did not finish in {JOB_TIMEOUT_S} s"
-    assert job.error is None, repr(job.error)
-    at.run()
-    assert_clean(at)
-    return at
 
 
 def metric(at: AppTest, label: str) -> float:
@@ -60,14 +25,6 @@ def metric(at: AppTest, label: str) -> float:
     values = [m.value for m in at.metric if m.label == label]
     assert values, f"no metric {label!r}; have {[m.label for m in at.metric]}"
     return float(values[0].rstrip("%")) / 100
-
-
-def run_forget(at: AppTest, identity: int) -> None:
-    """On the Forget page, choose ``identity`` and press Run (the job starts, not awaited)."""
-    at.switch_page("views/forget.py").run()
-    at.selectbox(key="forget_identity").set_value(identity).run()
-    at.button(key="forget_run").click().run()
-    assert_clean(at)
 
 
 def base_hash() -> str:

@@ -3,41 +3,14 @@ recorded, the Ledger page shows it with the cumulative cost, and an unavailable 
 warns. One removal in all (the quick preset of Start here), so the module stays short."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from streamlit.testing.v1 import AppTest
 
-pytest.importorskip("streamlit")
-pytest.importorskip("captum")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from apptest import FORGET_ID, JOB_TIMEOUT_S, assert_clean, start_app
+from lcodec_app import records
+from lcodec_core.ledger import Ledger
 
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
-APP = APP_DIR / "streamlit_app.py"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
-
-from lcodec_app import records  # noqa: E402
-from lcodec_core.ledger import Ledger  # noqa: E402
-
-FORGET_ID = 5  # an identity the quick preset removes reliably
-JOB_TIMEOUT_S = 300
-RUN_TIMEOUT_S = 120
 PAGE = "views/ledger.py"
-
-
-def start_app(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=RUN_TIMEOUT_S)
-    if query:
-        at.query_params.update(query)
-    at.run()
-    assert_clean(at)
-    return at
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 @pytest.fixture(scope="module")

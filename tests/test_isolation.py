@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import ast
 import copy
-import sys
 import threading
 import tomllib
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from apptest import APP_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-APP_DIR = ROOT / "app"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
 
 FIRST, SECOND = 5, 0   # identities the dashboard's quick presets remove reliably
 JOB_TIMEOUT_S = 300
@@ -35,33 +32,14 @@ def storages(model: nn.Module) -> set[int]:
 
 # ---------------------------------------------------------------- two browser sessions
 def test_two_app_sessions_see_only_their_own_removal(trained_small_cnn):
-    pytest.importorskip("streamlit")
-    from streamlit.testing.v1 import AppTest
-
+    from apptest import finish, run_forget, start_app
     from lcodec_app import state
     from models import state_hash
     base = state_hash(trained_small_cnn[0].model)
 
-    def start():
-        at = AppTest.from_file(str(APP_DIR / "streamlit_app.py"), default_timeout=120)
-        at.run()
-        return at
-
-    def forget(at, identity):
-        at.switch_page("views/forget.py").run()
-        at.selectbox(key="forget_identity").set_value(identity).run()
-        at.button(key="forget_run").click().run()
-        assert not at.exception and not at.error
-
-    def finish(at):
-        job = at.session_state["job"]
-        assert job.wait(JOB_TIMEOUT_S) and job.error is None, repr(job.error)
-        at.run()
-        assert not at.exception and not at.error
-
-    first, second = start(), start()
-    forget(first, FIRST)
-    forget(second, SECOND)      # both jobs exist at once
+    first, second = start_app(), start_app()
+    run_forget(first, FIRST)
+    run_forget(second, SECOND)      # both jobs exist at once
     finish(first)
     finish(second)
     one, two = first.session_state["workbench"], second.session_state["workbench"]

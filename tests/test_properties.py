@@ -16,7 +16,6 @@ writes outside its temporary directory.
 from __future__ import annotations
 
 import io
-import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -30,10 +29,8 @@ from hypothesis.extra import numpy as hnp
 
 from lcodec_core.dependence import STOP_REASONS, codec, foci
 
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
-from lcodec_app.uploads import UploadError, load_image_zip, load_uploaded_checkpoint  # noqa: E402
+import apptest  # noqa: F401  (puts app/ on sys.path)
+from lcodec_app.uploads import UploadError, load_image_zip, load_uploaded_checkpoint
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 moderate = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)

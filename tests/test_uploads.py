@@ -12,21 +12,17 @@ import io
 import json
 import os
 import pickle
-import sys
 import tempfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
-if str(APP_DIR) not in sys.path:
-    sys.path.insert(0, str(APP_DIR))
-from lcodec_app import uploads  # noqa: E402
-from lcodec_app.uploads import UploadError, load_image_zip, load_uploaded_checkpoint  # noqa: E402
+import apptest  # noqa: F401  (puts app/ on sys.path)
+from lcodec_app import uploads
+from lcodec_app.uploads import UploadError, load_image_zip, load_uploaded_checkpoint
 
 
 # ---------------------------------------------------------------- builders
@@ -301,9 +297,7 @@ def test_checkpoint_that_is_not_a_checkpoint(sandbox):
 
 # ---------------------------------------------------------------- the page keeps working
 def test_the_page_refuses_hostile_uploads_and_keeps_working(trained_small_cnn, tmp_path):
-    pytest.importorskip("streamlit")
-    from streamlit.testing.v1 import AppTest
-
+    from apptest import start_app
     from models import state_hash
     base = state_hash(trained_small_cnn[0].model)
     marker = tmp_path / "pwned"
@@ -316,8 +310,7 @@ def test_the_page_refuses_hostile_uploads_and_keeps_working(trained_small_cnn, t
         ("evil.pt", pickle.dumps(WritesMarker(str(marker)))),
         ("empty.pt", b""),
     ]
-    at = AppTest.from_file(str(APP_DIR / "streamlit_app.py"), default_timeout=120)
-    at.run()
+    at = start_app()
     at.switch_page("views/model_data.py").run()
     for name, data in hostile:
         index = 1 if name.endswith(".pt") else 0
