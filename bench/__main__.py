@@ -1,7 +1,7 @@
 """Run every experiment of docs/BENCHMARKS.md, one after another, and print a summary.
 
     python -m bench --quick          # `make bench`: small versions, under 15 minutes on 2 cores
-    python -m bench                  # the full versions (about an hour on the 2-core machine)
+    python -m bench                  # the full versions (about 35 min on the shared 2-core machine)
     python -m bench --only mnist scaling --quick
 
 Results go to docs/results/<experiment>[_quick].jsonl, figures to docs/img/. Each experiment
