@@ -36,8 +36,10 @@ def select_slices(probe: Probe, slices: list[SliceRef], method: str, *, max_slic
         raise ValueError("no slice activation varies under the perturbations; increase "
                          "perturbation_std or num_perturbations")
     if np.ptp(losses) == 0:
-        raise ValueError("the loss is constant under the perturbations (Y is constant); "
-                         "increase perturbation_std")
+        raise ValueError("the loss is constant under the perturbations (Y is constant): the "
+                         "model's output does not react to these images (saturated outputs, e.g. "
+                         "a model already wrecked by noise: check its accuracy), or the "
+                         "perturbations are too small (try a larger perturbation_std)")
     rng = np.random.default_rng(seed)
     limit = 1 if method == "top1" else max_slices
     result = foci(losses, activations[:, varying], max_features=limit, rng=rng)
