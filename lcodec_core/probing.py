@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .slices import ActivationRecorder
+from .slices import ActivationRecorder, enumerate_slices
 
 
 @dataclass
@@ -65,12 +65,12 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_p
             activations.append(acts.cpu())
     activations = torch.cat(activations).double()                     # (k*m, D)
     losses = torch.cat(losses).double()                               # (k*m,)
-    _check_finite(activations, losses, recorder.modules)
+    _check_finite(activations, losses, model)
     return Probe(activations, losses, sample)
 
 
-def _check_finite(activations: torch.Tensor, losses: torch.Tensor, modules) -> None:
-    """Refuse NaN/Inf before it reaches L-FOCI, naming the first offending module."""
+def _check_finite(activations: torch.Tensor, losses: torch.Tensor, model: nn.Module) -> None:
+    """Refuse NaN/Inf before it reaches L-FOCI, naming the first offending slice."""
     bad_loss = ~torch.isfinite(losses)
     if bad_loss.any():
         raise ValueError(f"probing produced a non-finite loss on {int(bad_loss.sum())} of "
@@ -79,14 +79,7 @@ def _check_finite(activations: torch.Tensor, losses: torch.Tensor, modules) -> N
                          f"lower perturbation_std")
     bad_columns = (~torch.isfinite(activations)).any(0)
     if bad_columns.any():
-        first = int(bad_columns.nonzero()[0])
-        names, offset = [], 0
-        for name, module in modules:
-            width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-            if offset <= first < offset + width:
-                names.append(f"{name}[{first - offset}]")
-            offset += width
-        where = names[0] if names else f"column {first}"
+        first = enumerate_slices(model)[int(bad_columns.nonzero()[0])]
         raise ValueError(f"probing produced non-finite activations in {int(bad_columns.sum())} "
-                         f"slice(s), the first {where}; check the model's weights and the input "
-                         f"normalisation, or lower perturbation_std")
+                         f"slice(s), the first {first.module}[{first.index}]; check the model's "
+                         f"weights and the input normalisation, or lower perturbation_std")
