@@ -67,7 +67,7 @@ def test_ledger_page_shows_the_removal_and_no_guarantee(removed, ledger_path):
     removed.switch_page(PAGE).run()
     assert_clean(removed)
     assert metric_value(removed, "Removals behind this model") == "1"
-    assert metric_value(removed, "Cumulative epsilon") == "none (no guarantee)"  # no noise
+    assert metric_value(removed, "Cumulative epsilon") == "none"  # no noise: no guarantee
     table = removed.dataframe[0].value
     assert list(table["removed"]) == [f"identity {FORGET_ID} (8 photos)"]
     assert any("no guarantee: 1 of 1 removal" in m.value for m in removed.markdown)

@@ -90,7 +90,7 @@ def ledger_view(bench: Workbench) -> tuple[LedgerView | None, str | None]:
 
 
 def epsilon_text(cost: PrivacyCost) -> str:
-    return "none (no guarantee)" if not cost.has_guarantee else f"{cost.epsilon:.4g}"
+    return "none" if not cost.has_guarantee else f"{cost.epsilon:.4g}"
 
 
 def delta_text(cost: PrivacyCost) -> str:

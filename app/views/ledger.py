@@ -25,7 +25,8 @@ cols = st.columns(3)
 cols[0].metric("Removals behind this model", len(view.model_rows))
 cols[1].metric("Cumulative epsilon", records.epsilon_text(view.model_cost),
                help="Sum of the epsilons of the removals that produced this model (basic "
-                    "composition). 'none' when one of them ran without noise.")
+                    "composition). 'none': one of them ran without noise, so no formal "
+                    "guarantee is claimed.")
 cols[2].metric("Cumulative delta", records.delta_text(view.model_cost))
 if view.model_rows:
     st.dataframe(records.rows_frame(view.model_rows), hide_index=True, key="ledger_model_rows")
