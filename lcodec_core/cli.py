@@ -11,6 +11,7 @@ import logging
 import sys
 
 from .data import DATASETS
+from .jsonsafe import json_ready
 
 log = logging.getLogger("lcodec_core")
 
@@ -142,7 +143,7 @@ def cmd_unlearn(args) -> int:
                         "model_cost": cost.to_dict()}
     if args.json:
         from pathlib import Path
-        Path(args.json).write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False,
+        Path(args.json).write_text(json.dumps(json_ready(report), indent=2, allow_nan=False,
                                               default=str))
     _print_summary(report)
     print(f"ledger: removal {row.id} recorded in {ledger.path} (lineage {row.lineage[:12]}); "
@@ -170,7 +171,7 @@ def cmd_ledger(args) -> int:
                "lineages": {lineage: cost.to_dict() for lineage, cost in lineages.items()}}
         if args.model_hash:
             out["model_cost"] = ledger.model_cost(args.model_hash).to_dict()
-        print(json.dumps(_strict_json(out), indent=2, allow_nan=False))
+        print(json.dumps(json_ready(out), indent=2, allow_nan=False))
         return 0
     if not rows:
         print(f"No removals recorded in {ledger.path}"
@@ -227,18 +228,6 @@ def cmd_audit(args) -> int:
     path = write_audit_report(report, out, charts=not args.no_charts)
     print(f"audit written to {path}")
     return 0
-
-
-def _strict_json(value):
-    """NaN and infinities (e.g. the held-out accuracy of an index request) become null."""
-    import math
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    return value
 
 
 def _print_summary(report: dict) -> None:

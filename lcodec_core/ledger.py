@@ -79,6 +79,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .jsonsafe import json_ready
 from .paths import lcodec_home
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ class Ledger:
         lineage = found[0] if found else entry.model_before
         values = asdict(entry)
         for name in _JSON_COLUMNS:
-            values[name] = json.dumps(_json_ready(values[name]), allow_nan=False)
+            values[name] = json.dumps(json_ready(values[name]), allow_nan=False)
         values.update(time=_utc_now(), lineage=lineage, status=status, file_sha256=file_sha256,
                       temp_path=temp_path, owner=owner)
         names = [n for n in values]
@@ -632,17 +633,6 @@ def _prefix_pattern(text: str) -> str:
     if len(cleaned) != len(text) or len(cleaned) < 6:
         raise ValueError(f"expected a model hash (hex, at least 6 characters); got {text!r}")
     return cleaned + "%"
-
-
-def _json_ready(value):
-    """NaN and infinities become None, tuples lists (so the JSON columns are strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
 
 
 def _row(values: tuple) -> LedgerRow:

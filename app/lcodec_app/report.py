@@ -3,26 +3,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import tempfile
 from pathlib import Path
 
+from lcodec_core.jsonsafe import json_ready
 from models import Checkpoint
 
 from .workbench import Removal, Workbench
 
 METRICS = ("retain_accuracy", "forget_accuracy", "test_accuracy", "forget_test_accuracy")
-
-
-def _clean(value):
-    """JSON-safe: nan/inf become None, tuples become lists."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def removal_record(removal: Removal) -> dict:
@@ -47,7 +36,7 @@ def removal_record(removal: Removal) -> dict:
 def build_report(bench: Workbench) -> dict:
     """Everything about the session's removals (no tensors), JSON-ready."""
     epsilon, delta = bench.privacy_spent()
-    return _clean({
+    return json_ready({
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": bench.key.dataset,
         "model": bench.key.model,
@@ -129,7 +118,7 @@ def model_bytes(bench: Workbench) -> bytes:
                       "settings": r.config.to_dict(), "sigma": r.result.sigma}
                      for r in bench.history],
     }
-    metadata = _clean(metadata)
+    metadata = json_ready(metadata)
     with tempfile.TemporaryDirectory() as folder:
         path = Checkpoint(bench.current, metadata).save(Path(folder) / "model.pt")
         return path.read_bytes()
