@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import quick_suffix, RESULTS, JsonlWriter, fmt, load, read_jsonl, save_figure, setup  # noqa: E402
+from bench.common import print_results, quick_suffix, RESULTS, JsonlWriter, fmt, load, read_jsonl, save_figure, setup  # noqa: E402
 from lcodec_core.config import UnlearnConfig  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.unlearn import unlearn  # noqa: E402
@@ -157,9 +157,7 @@ def main(argv=None) -> int:
                   "methods": args.methods, "config": UnlearnConfig().to_dict(), "overrides": OVERRIDES}
         with JsonlWriter(out, header) as writer:
             run(args, writer)
-    print(summarise(out))
-    if not args.no_plot:
-        print("figures: " + ", ".join(str(p) for p in plot(out)))
+    print_results(out, summarise, plot, draw=not args.no_plot)
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import quick_suffix, COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, read_jsonl, save_figure, setup  # noqa: E402,F401
+from bench.common import print_results, quick_suffix, COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, read_jsonl, save_figure, setup  # noqa: E402,F401
 from lcodec_core.config import UnlearnConfig  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.unlearn import unlearn  # noqa: E402
@@ -165,9 +165,7 @@ def main(argv=None) -> int:
             for epsilon in epsilons:
                 for seed in (args.none_seeds if epsilon is None else args.seeds):
                     run_sequence(checkpoint, bundle, args.identity, epsilon, seed, writer)
-    print(summarise(out))
-    if not args.no_plot:
-        print("figures: " + ", ".join(str(p) for p in plot(out)))
+    print_results(out, summarise, plot, draw=not args.no_plot)
     return 0
 
 

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, quick_suffix,  # noqa: E402
+from bench.common import (print_results, COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, quick_suffix,  # noqa: E402
                           read_jsonl, save_figure, setup)
 from lcodec_core.baselines import retrain  # noqa: E402
 from lcodec_core.config import UnlearnConfig  # noqa: E402
@@ -263,9 +263,7 @@ def main(argv=None) -> int:
         with JsonlWriter(out, header) as writer:
             for seed in args.seeds:
                 run_seed(seed, args, checkpoint, bundle, writer)
-    print(summarise(out))
-    if not args.no_plot:
-        print("figures: " + ", ".join(str(p) for p in plot(out)))
+    print_results(out, summarise, plot, draw=not args.no_plot)
     return 0
 
 

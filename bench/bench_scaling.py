@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_dependence import codec_data, dense_codec, dense_foci_seconds, foci_data, timed  # noqa: E402
-from bench.common import quick_suffix, RESULTS, JsonlWriter, fmt, load, mean_sd, read_jsonl, save_figure, setup  # noqa: E402
+from bench.common import print_results, quick_suffix, RESULTS, JsonlWriter, fmt, load, mean_sd, read_jsonl, save_figure, setup  # noqa: E402
 from lcodec_core.dependence import codec, foci  # noqa: E402
 
 NAME = "dependence_scaling"
@@ -115,9 +115,7 @@ def main(argv=None) -> int:
                   "foci_d": args.foci_d, "dense_max_m": args.dense_max_m}
         with JsonlWriter(out, header) as writer:
             run(args, writer)
-    print(summarise(out))
-    if not args.no_plot:
-        print("figures: " + ", ".join(str(p) for p in plot(out)))
+    print_results(out, summarise, plot, draw=not args.no_plot)
     return 0
 
 

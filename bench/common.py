@@ -174,3 +174,10 @@ def _rgba(color: str, alpha: float) -> str:
 COLORS = {"lfoci": "#1f77b4", "random": "#ff7f0e", "full-newton": "#2ca02c", "retrain": "#7f7f7f",
           "top1": "#9467bd", "all": "#8c564b", "finetune": "#e377c2", "negrad": "#d62728",
           "original": "#17becf"}
+
+
+def print_results(out: Path, summarise, plot, *, draw: bool = True) -> None:
+    """Print an experiment's tables from its JSONL ``out`` and, with ``draw``, write its figures."""
+    print(summarise(out))
+    if draw:
+        print("figures: " + ", ".join(str(p) for p in plot(out)))
