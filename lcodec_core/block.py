@@ -15,7 +15,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from .suffix import split_model
@@ -139,6 +139,55 @@ class BlockObjective:
             return total * scale + self.weight_decay * u
 
         return product
+
+    def boundary_of(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The boundary tensors (what enters the suffix) for other ``images`` (M, C, H, W)."""
+        device = self.v0.device
+        return self.split.boundary_values(images.to(device), 256)
+
+    @torch.no_grad()
+    def logits(self, v: torch.Tensor, boundary: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (M, K) of the model with the block set to ``v``, for ``boundary`` tensors
+        (from :meth:`boundary_of`; default: this objective's own rows)."""
+        boundary = self.boundary if boundary is None else boundary
+        params = self.params_with(v)
+        count = len(boundary[0])
+        return torch.cat([functional_call(self.split.suffix, (params, self.buffers),
+                                          tuple(b[i:i + self.batch_size] for b in boundary))
+                          for i in range(0, count, self.batch_size)]) if count else \
+            torch.empty(0, device=v.device)
+
+    def per_sample_gradients(self, v: torch.Tensor, boundary: list[torch.Tensor] | None = None,
+                             targets: torch.Tensor | None = None, chunk: int = 64,
+                             statistic: str = "loss") -> torch.Tensor:
+        """G (M, p): row i is grad_v CE(f(x_i), y_i) at v, without the lam term
+        (``statistic="loss"``), or the gradient of the soft margin
+        z_y - logsumexp_{j != y} z_j of the logits z (``statistic="margin"``), which, unlike the
+        loss gradient, does not vanish on confidently fitted rows.
+
+        ``torch.func.vmap(grad(...))`` through the suffix, ``chunk`` rows at a time (bounded
+        memory: one chunk's per-sample activations at once). Defaults to this objective's
+        curvature rows."""
+        if boundary is None:
+            rows = self.curvature_rows
+            boundary, targets = [b[rows] for b in self.boundary], self.targets[rows]
+        suffix, buffers = self.split.suffix, self.buffers
+
+        def one_loss(w, target, *inputs):
+            logits = functional_call(suffix, (self.params_with(w), buffers),
+                                     tuple(x.unsqueeze(0) for x in inputs))[0]      # (K,)
+            if statistic == "margin":
+                own = torch.arange(logits.shape[-1], device=logits.device) == target
+                others = logits.masked_fill(own, float("-inf"))
+                return (logits * own).sum() - torch.logsumexp(others, 0)
+            return F.cross_entropy(logits.unsqueeze(0), target.unsqueeze(0))
+
+        in_dims = (None, 0) + (0,) * len(boundary)
+        per_sample = vmap(grad(one_loss), in_dims=in_dims)
+        w = v.detach()
+        out = [per_sample(w, targets[i:i + chunk], *(b[i:i + chunk] for b in boundary))
+               for i in range(0, len(targets), chunk)]
+        return torch.cat(out) if out else torch.zeros(0, self.size, dtype=v.dtype, device=v.device)
 
     @property
     def boundary_numel(self) -> int:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 METHODS = ("lfoci", "random", "all", "top1", "full-newton", "finetune", "negrad", "retrain")
 SELECTION_METHODS = ("lfoci", "random", "all", "top1")
+SOLVERS = ("margin", "fisher", "auto", "explicit", "cg")
 
 
 @dataclass(frozen=True)
@@ -16,14 +17,23 @@ class UnlearnConfig:
     perturbation_std: float = 0.1    # std of Gaussian input noise on the normalised image (paper: 0.1)
     max_slices: int = 4              # cap on L-FOCI's selection; later picks score near noise level and
                                      # reach early conv layers, which makes every Hessian product costlier
-    rhs: str = "retain_gradient"     # Newton right-hand side: -grad F_r(w) ("retain_gradient") or g_U ("forget_gradient")
-    solver: str = "auto"             # "explicit" block Hessian, "cg" on Hessian-vector products, or "auto" by size
+    rhs: str = "forget_gradient"     # right-hand side: g_U ("forget_gradient", removal-specific: exactly 0
+                                     # with nothing removed) or -grad F_r(w) ("retain_gradient", which also
+                                     # moves a non-stationary model with nothing removed; see the null control)
+    step_rule: str = "target"        # "target": one step whose damping is chosen per request by the forget
+                                     # target (lcodec_core/step_rule.py); "newton": up to newton_steps damped
+                                     # Newton iterations with a line search on F_r (exact solvers only)
+    step_rounds: int = 4             # step_rule "target": at most this many steps, each from the forget gradient
+                                     # at the current point (the curvature is reused), until the target is met
+    solver: str = "fisher"           # curvature: "fisher" (per-sample gradients of the block over the retained
+                                     # rows, Woodbury; cost does not grow with how early the layer is), or the
+                                     # exact Hessian: "explicit" block, "cg" on Hessian-vector products, "auto" by size
     explicit_max_params: int = 40    # "auto" forms the p x p block explicitly up to this p, else CG on HVPs.
                                      # The explicit block costs about p Hessian-vector products per step
                                      # (batching them is no cheaper per product on a CPU), CG at most
                                      # cg_iterations: one conv3 filter (p = 289) took 173 s explicit, 3.9 s CG
-    newton_steps: int = 5            # at most this many damped Newton steps (1 = the classic single step)
-    damping: float | None = None     # extra diagonal damping; None: chosen from the data (Levenberg-Marquardt)
+    newton_steps: int = 5            # step_rule "newton": at most this many damped Newton steps (1 = the classic step)
+    damping: float | None = None     # step_rule "newton": extra diagonal damping; None: chosen from the data
     cg_iterations: int = 20          # at most this many conjugate-gradient iterations per step (solver "cg")
     cg_tolerance: float = 0.1        # inexact Newton: CG stops at this relative residual |r| / |b|
     retain_subsample: int | None = None  # objective (gradient, line search) on a random retained subsample (None: all)
@@ -33,6 +43,7 @@ class UnlearnConfig:
     delta: float = 1e-5              # delta of the (epsilon, delta) guarantee
     hessian_lipschitz: float = 0.25  # M in sigma's gamma (paper's code: 0.25 for cross-entropy)
     loss_lipschitz: float = 1.0      # L in sigma's gamma (paper's code: 1)
+    allow_harmful_noise: bool = False  # noise that leaves retained accuracy near chance is refused unless True
     noise_on: str = "block"          # where N(0, sigma^2) goes: "block" (the selected P) or "all"
     baseline_epochs: int = 5         # finetune / negrad epochs
     baseline_lr: float = 1e-3        # finetune / negrad learning rate
@@ -51,7 +62,12 @@ class UnlearnConfig:
             (self.max_slices >= 1, f"max_slices must be >= 1; got {self.max_slices}"),
             (self.rhs in ("retain_gradient", "forget_gradient"),
              f"rhs must be 'retain_gradient' or 'forget_gradient'; got {self.rhs!r}"),
-            (self.solver in ("auto", "explicit", "cg"), f"solver must be auto, explicit or cg; got {self.solver!r}"),
+            (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}"),
+            (self.step_rule in ("target", "newton"),
+             f"step_rule must be 'target' or 'newton'; got {self.step_rule!r}"),
+            (not (self.step_rule == "newton" and self.solver == "fisher"),
+             "step_rule 'newton' iterates exact Newton steps: use solver 'auto', 'explicit' or 'cg' "
+             "with it (solver 'fisher' goes with step_rule 'target')"),
             (self.newton_steps >= 1, f"newton_steps must be >= 1; got {self.newton_steps}"),
             (self.epsilon is None or self.epsilon > 0, f"epsilon must be > 0 or None; got {self.epsilon}"),
             (0 < self.delta < 1, f"delta must be in (0, 1); got {self.delta}"),

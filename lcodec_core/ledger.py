@@ -543,14 +543,20 @@ def entry_from_report(report: dict, model_before: str, model_after: str,
     request = report["request"]
     metrics = {name: report[name] for name in ("original", "unlearned", "retrained") if name in report}
     metrics["timings"] = report.get("timings", {})
+    metrics["guarantee"] = report.get("guarantee")
+    if "verdict" in report:
+        metrics["verdict"] = report["verdict"]
     return RemovalEntry(
         model_before=model_before, model_after=model_after, dataset=report.get("dataset"),
         model_name=report.get("model"), identity=request.get("identity"),
         forget_indices=list(request.get("forget_indices", [])),
         file_names=[str(s) for s in request.get("sources", [])],
         method=report["settings"].get("method"), settings=report["settings"],
-        sigma=report.get("sigma"), epsilon=report.get("epsilon"),
-        delta=report.get("delta") if report.get("epsilon") is not None else None,
+        sigma=report.get("sigma"),
+        # an (epsilon, delta) is recorded only for a certified removal (lcodec_core.guarantee)
+        epsilon=report.get("epsilon") if report.get("guarantee", "certified") == "certified" else None,
+        delta=report.get("delta") if report.get("guarantee", "certified") == "certified"
+        and report.get("epsilon") is not None else None,
         metrics=metrics, model_path=model_path)
 
 

@@ -21,6 +21,12 @@ from .evaluation import evaluate
 from .requests import ForgetRequest
 from .result import UnlearnResult
 from .unlearn import unlearn
+from .verdict import judge
+
+
+def held_out_for(bundle: DataBundle, request: ForgetRequest):
+    """The held-out photos the step rule may read: the bundle's test split (None if empty)."""
+    return bundle.test if len(bundle.test) else None
 
 
 @dataclass
@@ -46,23 +52,32 @@ def run_removal(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetReque
     """
     recipe = Recipe.from_dict(checkpoint.metadata["recipe"])
     result = unlearn(checkpoint.model, request.forget, request.retain, config, on_progress,
-                     weight_decay=recipe.weight_decay, recipe=recipe)
+                     weight_decay=recipe.weight_decay, recipe=recipe,
+                     held_out=held_out_for(bundle, request))
     summary = result.summary()
+    original, unlearned = evaluate(checkpoint.model, bundle, request), evaluate(result.model, bundle, request)
     report = {
         "dataset": bundle.name,
         "model": checkpoint.metadata.get("model"),
         "request": {"identity": request.identity, "forget_indices": request.forget_indices,
                     "description": request.description,
                     "sources": [request.forget.sources[i] for i in range(len(request.forget))]},
-        "original": evaluate(checkpoint.model, bundle, request),
-        "unlearned": evaluate(result.model, bundle, request),
+        "original": original,
+        "unlearned": unlearned,
+        "verdict": judge(original, unlearned, identity=request.identity, changed=result.changed,
+                         step=result.diagnostics.get("step")).to_dict(),
+        "guarantee": summary["guarantee"],
+        "guarantee_text": summary["guarantee_text"],
+        "guarantee_reasons": summary["guarantee_reasons"],
+        "changed": summary["changed"],
         "timings": {**summary["timings"], "retrain_s": None},
         "selected_slices": summary["selected_slices"],
         "parameters_updated": summary["parameters_updated"],
         "parameter_share": summary["parameter_share"],
         "sigma": summary["sigma"],
-        "epsilon": config.epsilon,
-        "delta": config.delta if config.epsilon is not None else None,
+        "epsilon": config.epsilon if summary["guarantee"] == "certified" else None,
+        "delta": config.delta if summary["guarantee"] == "certified" else None,
+        "requested_epsilon": config.epsilon,
         "peak_memory_mb": summary["peak_memory_mb"],
         "settings": summary["settings"],
         "diagnostics": summary["diagnostics"],

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from .config import UnlearnConfig
+from .guarantee import GUARANTEES
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,13 @@ class UnlearnResult:
     timings: dict = field(default_factory=dict)
     peak_memory_mb: float = 0.0
     diagnostics: dict = field(default_factory=dict)
+    guarantee: str = "none"          # a key of lcodec_core.guarantee.GUARANTEES
+    guarantee_reasons: list = field(default_factory=list)  # why it is not "certified"
+
+    @property
+    def changed(self) -> bool:
+        """Whether any weight moved."""
+        return bool(self.diagnostics.get("changed", True))
 
     def summary(self) -> dict:
         """Everything but the model, JSON-ready."""
@@ -43,6 +51,10 @@ class UnlearnResult:
             "parameters_updated": self.parameters_updated,
             "parameter_share": self.parameter_share,
             "sigma": self.sigma,
+            "guarantee": self.guarantee,
+            "guarantee_text": GUARANTEES[self.guarantee],
+            "guarantee_reasons": list(self.guarantee_reasons),
+            "changed": self.changed,
             "timings": dict(self.timings),
             "peak_memory_mb": self.peak_memory_mb,
             "diagnostics": dict(self.diagnostics),

@@ -19,10 +19,14 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.training import accuracy
+
 from .baselines import finetune, negrad, retrain
 from .block import BlockObjective
 from .config import SELECTION_METHODS, UnlearnConfig
+from .guarantee import guarantee_for
 from .data import ImageDataset
+from .forget_step import forget_gradient, targeted_step
 from .memory import PeakMemory
 from .newton import block_newton
 from .noise import add_noise, noise_sigma
@@ -67,24 +71,39 @@ def _subsample(retain: ImageDataset, size: int | None, seed: int) -> ImageDatase
     return retain.subset(sorted(order.tolist()))
 
 
+class HarmfulNoiseError(ValueError):
+    """The requested noise would leave the model near chance; nothing was changed."""
+
+
 def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
             config: UnlearnConfig = UnlearnConfig(), on_progress: ProgressFn | None = None, *,
-            weight_decay: float | None = None, recipe=None) -> UnlearnResult:
+            weight_decay: float | None = None, recipe=None,
+            held_out: ImageDataset | None = None) -> UnlearnResult:
     """Remove ``forget`` from ``model`` (trained on forget + retain).
 
     Parameters
     ----------
     model : the trained classifier; not modified.
     forget : the forget set U (k images). retain : the retained data (n - k images).
-    config : settings (method, probing, selection, solver, noise, seed).
+    config : settings (method, probing, selection, curvature, step rule, noise, seed).
     on_progress : called with {"phase", "fraction", "message"} during the run.
     weight_decay : lam of the training objective. ``config.weight_decay``, when set, takes
-        precedence (an explicit user setting); without either, the recipe's value is used. recipe : a :class:`models.Recipe`, required by method "retrain".
+        precedence (an explicit user setting); without either, the recipe's value is used.
+    recipe : a :class:`models.Recipe`, required by method "retrain".
+    held_out : photos not used in training (e.g. the test split). The step rule reads the
+        loss of held-out photos of the forgotten photos' classes as the level a never-seen
+        photo has, and guards other classes' held-out accuracy. Optional.
 
     Returns
     -------
-    UnlearnResult with the new model, the selected slices, p and its share, sigma, timings
-    (probe_s, select_s, newton_s, noise_s, unlearn_s) and peak memory.
+    UnlearnResult with the new model, the selected slices, p and its share, sigma, the
+    guarantee label, timings (probe_s, select_s, newton_s, noise_s, unlearn_s), peak memory
+    and diagnostics (the step's rule, null control, curvature effect, stationarity).
+
+    Raises
+    ------
+    ValueError on bad input; HarmfulNoiseError when the noise would leave retained accuracy
+    near chance and ``config.allow_harmful_noise`` is False.
     """
     _check_inputs(model, forget, retain)
     lam = config.weight_decay or weight_decay or (recipe.weight_decay if recipe is not None else None)
@@ -99,18 +118,22 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
         if config.method in ("retrain", "finetune", "negrad"):
             new_model, selected, rows, diagnostics = _baseline(model, forget, retain, config, lam,
                                                                recipe, on_progress, timings)
+            diagnostics["changed"] = True
         else:
             new_model, selected, rows, diagnostics = _block_newton_removal(
-                model, forget, retain, config, lam, on_progress, timings)
+                model, forget, retain, held_out, config, lam, on_progress, timings)
+        changed = diagnostics["changed"]
         sigma = noise_sigma(epsilon=config.epsilon, delta=config.delta, n=n, k=k, weight_decay=lam,
                             hessian_lipschitz=config.hessian_lipschitz,
-                            loss_lipschitz=config.loss_lipschitz)
+                            loss_lipschitz=config.loss_lipschitz) if changed else 0.0
         if sigma > 0:
             tick = time.perf_counter()
             _emit(on_progress, "noise", 0.0, f"adding noise, sigma = {sigma:.3g}")
             params = {k_: v.detach() for k_, v in new_model.named_parameters()}
             noisy = add_noise(params, sigma, rows if config.noise_on == "block" else None, config.seed)
-            new_model = _with_params(new_model, noisy)
+            noisy_model = _with_params(new_model, noisy)
+            _refuse_harmful_noise(new_model, noisy_model, retain, sigma, config)
+            new_model = noisy_model
             timings["noise_s"] = time.perf_counter() - tick
     timings["unlearn_s"] = time.perf_counter() - start
     for name, value in new_model.state_dict().items():
@@ -119,11 +142,31 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
                                      f"(sigma={sigma:.3g}); the original model is unchanged")
     total = sum(p.numel() for p in model.parameters())
     updated = count_parameters(model, rows) if rows is not None else total
+    guarantee, reasons = guarantee_for(config, model, changed=changed, noise_added=sigma > 0)
     _emit(on_progress, "done", 1.0, f"done in {timings['unlearn_s']:.2f} s")
     return UnlearnResult(
         model=new_model, config=config, selected_slices=selected, parameters_updated=updated,
         parameter_share=updated / total, sigma=sigma, timings=timings, peak_memory_mb=peak.mb,
-        diagnostics={**diagnostics, "n": n, "k": k, "weight_decay": lam})
+        diagnostics={**diagnostics, "n": n, "k": k, "weight_decay": lam},
+        guarantee=guarantee, guarantee_reasons=reasons)
+
+
+def _refuse_harmful_noise(clean: nn.Module, noisy: nn.Module, retain: ImageDataset, sigma: float,
+                          config: UnlearnConfig) -> None:
+    """HarmfulNoiseError when noise takes retained accuracy to near chance (at most twice the
+    chance level, or under half of what it was), unless ``config.allow_harmful_noise``."""
+    if config.allow_harmful_noise:
+        return
+    sample = _subsample(retain, 1000, config.seed)
+    before = accuracy(clean, sample.images, sample.targets)
+    after = accuracy(noisy, sample.images, sample.targets)
+    chance = 1.0 / max(int(retain.targets.max()) + 1, 2)
+    if after <= max(2 * chance, 0.5 * before):
+        raise HarmfulNoiseError(
+            f"the noise for epsilon={config.epsilon} (sigma = {sigma:.3g}) would leave retained "
+            f"accuracy at {after:.1%} (it was {before:.1%}; chance is {chance:.1%}); nothing was "
+            f"changed. Use a larger epsilon, no noise, or allow_harmful_noise=True "
+            f"(--allow-harmful-noise) to keep the wrecked model on purpose")
 
 
 def _with_params(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:
@@ -153,7 +196,7 @@ def _baseline(model, forget, retain, config, lam, recipe, on_progress, timings):
     return new_model, [], None, {"baseline": config.method}
 
 
-def _block_newton_removal(model, forget, retain, config, lam, on_progress, timings):
+def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progress, timings):
     slices = enumerate_slices(model)
     if not slices:
         raise ValueError("the model has no Conv2d or Linear layer to update")
@@ -184,6 +227,7 @@ def _block_newton_removal(model, forget, retain, config, lam, on_progress, timin
     _emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
     if not selected:
         diagnostics["newton"] = "skipped: no slice selected (no dependence between the loss and any activation)"
+        diagnostics["changed"] = False
         return copy.deepcopy(model).eval(), selected, {}, diagnostics
 
     tick = time.perf_counter()
@@ -192,15 +236,27 @@ def _block_newton_removal(model, forget, retain, config, lam, on_progress, timin
     data = _subsample(retain, config.retain_subsample, config.seed)
     objective = BlockObjective(model, rows, data.images, data.targets, lam,
                                curvature_size=config.curvature_subsample, seed=config.seed)
+    if config.step_rule == "target":
+        v_new, diagnostics["step"] = targeted_step(objective, forget, held_out, config,
+                                                   n=len(forget) + len(retain), on_progress=on_progress)
+    else:
+        v_new, diagnostics["newton"] = _newton_iterations(objective, forget, retain, config, lam,
+                                                          on_progress)
+        diagnostics["newton"]["retain_rows"] = len(data)
+    new_model = _with_params(model, objective.full_state(v_new, model))
+    timings["newton_s"] = time.perf_counter() - tick
+    diagnostics["changed"] = bool((v_new != objective.v0).any())
+    return new_model, selected, rows, diagnostics
+
+
+def _newton_iterations(objective, forget, retain, config, lam, on_progress):
+    """``step_rule="newton"``: damped Newton iterations with an Armijo line search on F_r."""
     solver = config.solver
     if solver == "auto":
         solver = "explicit" if objective.size <= config.explicit_max_params else "cg"
     forget_rhs = None
     if config.rhs == "forget_gradient":
-        n, k = len(forget) + len(retain), len(forget)
-        forget_objective = BlockObjective(model, rows, forget.images, forget.targets, lam)
-        # g_U = (1/(n-k)) sum_U [grad l + lam w] = k/(n-k) * (mean_U grad l + lam w)
-        forget_rhs = forget_objective.gradient(objective.v0) * (k / (n - k))
+        forget_rhs = forget_gradient(objective, forget, len(forget) + len(retain)).to(objective.v0.dtype)
 
     def on_step(step, steps, loss):
         _emit(on_progress, "newton", step / steps, f"Newton step {step}: retained loss {loss:.4f}")
@@ -210,8 +266,5 @@ def _block_newton_removal(model, forget, retain, config, lam, on_progress, timin
                                  max_steps=config.newton_steps, damping=config.damping,
                                  cg_iterations=config.cg_iterations,
                                  cg_tolerance=config.cg_tolerance, on_step=on_step)
-    new_model = _with_params(model, objective.full_state(v_new, model))
-    timings["newton_s"] = time.perf_counter() - tick
-    diagnostics["newton"] = {**report.__dict__, "parameters": objective.size,
-                             "retain_rows": len(data), "suffix_traced": objective.split.traced}
-    return new_model, selected, rows, diagnostics
+    return v_new, {**report.__dict__, "parameters": objective.size,
+                   "suffix_traced": objective.split.traced}
