@@ -45,6 +45,31 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_polish(args) -> int:
+    """Move a checkpoint's linear head to the optimum of its training objective (other layers
+    fixed) and save the result to --save; the original file is never changed."""
+    import copy
+    from pathlib import Path
+
+    from models import Checkpoint
+    from models.stationarity import objective_gradient_norms, polish_head
+    checkpoint, bundle = _load_model(args)
+    if args.model and Path(args.model).is_file() and Path(args.save).resolve() == Path(args.model).resolve():
+        raise ValueError(f"--save {args.save} is the checkpoint being polished; choose another path")
+    model = copy.deepcopy(checkpoint.model)
+    lam = checkpoint.recipe.weight_decay
+    train = bundle.train
+    polish = polish_head(model, train.images, train.targets, lam)
+    norms = objective_gradient_norms(model, train.images, train.targets, lam)
+    metadata = {**checkpoint.metadata, "parent_hash": checkpoint.state_hash(),
+                "stationarity": {**norms, "polished_head": polish["head"],
+                                 "head_grad_norm_before_polish": polish.get("grad_norm_before")}}
+    path = Checkpoint(model, metadata).save(args.save)
+    print(f"polished head {polish['head']}: |grad F| of the head {polish.get('grad_norm_before', 0):.3g} "
+          f"-> {polish.get('grad_norm_after', 0):.3g}; whole model {norms['grad_norm']:.3g}; saved {path}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .data import load_dataset
     bundle = load_dataset(args.dataset, seed=args.data_seed)
@@ -55,7 +80,9 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _load_model(args):
+def _load_model(args, check_bundle=None):
+    """(checkpoint, bundle) for ``args``; ``check_bundle(bundle)`` runs before any training,
+    so a bad request (an identity out of range) fails in seconds, not after training."""
     """(checkpoint, bundle) for ``--model`` (a zoo name or a checkpoint file) on ``--dataset``."""
     from pathlib import Path
 
@@ -72,11 +99,16 @@ def _load_model(args):
         if bundle.num_classes != checkpoint.metadata["num_classes"]:
             raise ValueError(f"checkpoint has {checkpoint.metadata['num_classes']} classes; data set "
                              f"{dataset!r} has {bundle.num_classes}")
+        if check_bundle is not None:
+            check_bundle(bundle)
         return checkpoint, bundle
     if args.model and args.model not in MODEL_NAMES:
         raise ValueError(f"--model must be a zoo model ({', '.join(MODEL_NAMES)}) or an existing "
                          f"checkpoint file; got {args.model!r}")
-    return load_or_train(args.dataset, args.model, data_seed=args.data_seed,
+    bundle = load_dataset(args.dataset, seed=args.data_seed)
+    if check_bundle is not None:
+        check_bundle(bundle)
+    return load_or_train(args.dataset, args.model, data_seed=args.data_seed, bundle=bundle,
                          on_progress=_progress_bar(f"training {args.dataset}"))
 
 
@@ -85,8 +117,9 @@ def _config_from_args(args):
     return UnlearnConfig(
         method=args.method, num_perturbations=args.perturbations,
         perturbation_std=args.perturbation_std, max_slices=args.max_slices, rhs=args.rhs,
-        solver=args.solver, newton_steps=args.newton_steps, epsilon=args.epsilon,
-        delta=args.delta, noise_on=args.noise_on, seed=args.seed)
+        solver=args.solver, step_rule=args.step_rule, newton_steps=args.newton_steps,
+        epsilon=args.epsilon, delta=args.delta, noise_on=args.noise_on, seed=args.seed,
+        allow_harmful_noise=args.allow_harmful_noise)
 
 
 def _print_progress(event: dict) -> None:
@@ -114,13 +147,16 @@ def cmd_unlearn(args) -> int:
     from .removal import run_removal
     from .requests import make_request
     config = _config_from_args(args)
-    checkpoint, bundle = _load_model(args)
+
+    def request_for(bundle):
+        if args.forget_identity is not None:
+            return make_request(bundle, identity=args.forget_identity)
+        return make_request(bundle, indices=args.forget_index)
+
+    checkpoint, bundle = _load_model(args, check_bundle=request_for)
     if args.save:
         _refuse_overwriting_the_original(args, checkpoint)
-    if args.forget_identity is not None:
-        request = make_request(bundle, identity=args.forget_identity)
-    else:
-        request = make_request(bundle, indices=args.forget_index)
+    request = request_for(bundle)
     outcome = run_removal(checkpoint, bundle, request, config,
                           compare_retrain=args.compare == "retrain", on_progress=_print_progress)
     report = outcome.report
@@ -253,6 +289,22 @@ def _print_summary(report: dict) -> None:
     slices = ", ".join(f"{s['module']}[{s['index']}]" for s in report["selected_slices"][:12])
     print(f"{len(report['selected_slices'])} slice(s): {slices}; {report['parameters_updated']} "
           f"parameters ({100 * report['parameter_share']:.2f}% of the model); sigma {report['sigma']:.3g}")
+    step = report["diagnostics"].get("step")
+    if step:
+        effect = step["curvature_effect"]
+        print(f"step: rule {step['rule']} ({'target met' if step['target_met'] else 'target NOT met'}"
+              f"{', limited by the guard' if step['guard_limited'] else ''}), damping {step['damping']:.3g}; "
+              f"null control |d_0|/|d| = {step['null_control']['ratio']:.3g}; curvature turned the "
+              f"step by {effect['angle_deg']:.1f} deg and scaled it x{effect['norm_ratio']:.2f}")
+    print(f"guarantee: {report['guarantee_text']}"
+          + (f" ({'; '.join(report['guarantee_reasons'])})" if report["guarantee"] == "heuristic" else ""))
+    stationarity = report.get("stationarity") or {}
+    if stationarity.get("warning"):
+        print(f"warning: {stationarity['warning']}")
+    verdict = report["verdict"]
+    print(f"verdict: {verdict['headline']}")
+    for advice in verdict["advice"]:
+        print(f"  - {advice}")
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -279,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model", default=None, help="zoo model name (default: the data set's)")
     prepare.set_defaults(run=cmd_prepare)
 
-    from .config import METHODS, UnlearnConfig
+    from .config import METHODS, SOLVERS, UnlearnConfig
     defaults = UnlearnConfig()
 
     def removal_args(p, target_required: bool = True):
@@ -296,15 +348,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--perturbations", type=int, default=defaults.num_perturbations, help="m per image")
         p.add_argument("--perturbation-std", type=float, default=defaults.perturbation_std)
         p.add_argument("--max-slices", type=int, default=defaults.max_slices)
-        p.add_argument("--rhs", default=defaults.rhs, choices=["retain_gradient", "forget_gradient"])
-        p.add_argument("--solver", default=defaults.solver, choices=["auto", "explicit", "cg"])
-        p.add_argument("--newton-steps", type=int, default=defaults.newton_steps)
+        p.add_argument("--rhs", default=defaults.rhs, choices=["forget_gradient", "retain_gradient"],
+                       help="right-hand side: the forget set's gradient g_U (default, removal-specific) "
+                            "or -grad F_r (moves a non-stationary model even with nothing removed)")
+        p.add_argument("--solver", default=defaults.solver, choices=SOLVERS,
+                       help="curvature: fisher (default; per-sample gradients, fast for any layer), "
+                            "margin, or the exact Hessian: explicit, cg, auto")
+        p.add_argument("--step-rule", default=defaults.step_rule, choices=["target", "newton"],
+                       help="target (default): one step sized per request to the forget target; "
+                            "newton: damped Newton iterations (exact solvers)")
+        p.add_argument("--newton-steps", type=int, default=defaults.newton_steps,
+                       help="with --step-rule newton: at most this many steps")
         p.add_argument("--epsilon", type=float, default=None, help="(epsilon, delta) target; default: no noise")
+        p.add_argument("--allow-harmful-noise", action="store_true",
+                       help="keep the model even when the noise leaves it near chance (refused otherwise)")
         p.add_argument("--delta", type=float, default=defaults.delta)
         p.add_argument("--noise-on", default=defaults.noise_on, choices=["block", "all"])
         p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
         p.add_argument("--save", metavar="PATH", help="save the unlearned model (atomic write)")
         p.add_argument("--ledger", metavar="FILE", help="ledger database (default: $LCODEC_HOME/ledger.sqlite)")
+
+    polish = commands.add_parser("polish", help=(
+        "move a model's linear head to the optimum of its training objective (a stationary "
+        "starting point for removals) and save it"))
+    data_args(polish)
+    polish.add_argument("--model", default=None, help="zoo model name or checkpoint file")
+    polish.add_argument("--save", required=True, metavar="PATH", help="where to write the polished model")
+    polish.set_defaults(run=cmd_polish)
 
     unlearn = commands.add_parser("unlearn", help="remove an identity or training images from a model")
     removal_args(unlearn)

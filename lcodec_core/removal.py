@@ -24,6 +24,36 @@ from .unlearn import unlearn
 from .verdict import judge
 
 
+STATIONARY_HEAD_MAX = 1e-3   # |grad F| of the head above this: warn (a polished head is ~1e-6)
+
+
+def stationarity_of(checkpoint: Checkpoint, request: ForgetRequest) -> dict:
+    """|grad F(w*)| of the checkpoint (stored by training, else measured on forget + retain),
+    the head's part, and a warning when the head is far from its optimum."""
+    import torch
+
+    from models.stationarity import head_module, objective_gradient_norms
+    recipe = checkpoint.recipe
+    stored = checkpoint.metadata.get("stationarity")
+    if stored is None:
+        images = torch.cat([request.forget.images, request.retain.images])
+        targets = torch.cat([request.forget.targets, request.retain.targets])
+        stored = objective_gradient_norms(checkpoint.model, images, targets, recipe.weight_decay)
+    head = head_module(checkpoint.model)
+    prefix = f"{head[0]}." if head else None
+    head_norm = sum(v ** 2 for k, v in stored["per_parameter"].items()
+                    if prefix and k.startswith(prefix)) ** 0.5
+    out = {"grad_norm": stored["grad_norm"], "head_grad_norm": head_norm,
+           "polished_head": stored.get("polished_head")}
+    if head_norm > STATIONARY_HEAD_MAX:
+        out["warning"] = (f"the model is far from a stationary point of its training objective "
+                          f"(|grad F| = {stored['grad_norm']:.2g}, head {head_norm:.2g}): a removal's "
+                          f"update then mixes in changes that would happen with nothing removed. "
+                          f"Polish its head first (a few seconds): lcodec polish --model CHECKPOINT "
+                          f"--save POLISHED.pt")
+    return out
+
+
 def held_out_for(bundle: DataBundle, request: ForgetRequest):
     """The held-out photos the step rule may read: the bundle's test split (None if empty)."""
     return bundle.test if len(bundle.test) else None
@@ -50,7 +80,7 @@ def run_removal(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetReque
     :func:`.audit.audit_removal`: membership inference, distances to the retrained model and
     gradient norms for the original, unlearned and retrained models).
     """
-    recipe = Recipe.from_dict(checkpoint.metadata["recipe"])
+    recipe = checkpoint.recipe
     result = unlearn(checkpoint.model, request.forget, request.retain, config, on_progress,
                      weight_decay=recipe.weight_decay, recipe=recipe,
                      held_out=held_out_for(bundle, request))
@@ -70,6 +100,7 @@ def run_removal(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetReque
         "guarantee_text": summary["guarantee_text"],
         "guarantee_reasons": summary["guarantee_reasons"],
         "changed": summary["changed"],
+        "stationarity": stationarity_of(checkpoint, request),
         "timings": {**summary["timings"], "retrain_s": None},
         "selected_slices": summary["selected_slices"],
         "parameters_updated": summary["parameters_updated"],

@@ -38,6 +38,12 @@ class Checkpoint:
     model: nn.Module
     metadata: dict
 
+    @property
+    def recipe(self):
+        """The training recipe (:class:`models.Recipe`) stored in the metadata."""
+        from .training import Recipe
+        return Recipe.from_dict(self.metadata["recipe"])
+
     def state_hash(self) -> str:
         """sha256 of the parameters and buffers (names, shapes and bytes), hex."""
         return state_hash(self.model)

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import Checkpoint
+from .stationarity import objective_gradient_norms, polish_head
 from .zoo import build_model
 
 ProgressFn = Callable[[dict], None]
@@ -31,6 +32,9 @@ class Recipe:
     weight_decay: float = 5e-4   # lam in F(w): L2 penalty (lam/2)|w|^2 on every parameter
     seed: int = 0                # initialisation and shuffling seed
     optimizer: str = "adam"      # "adam" (minibatch) or "lbfgs" (full batch, to the optimum of a convex F)
+    polish_head: bool = True     # after training, move the linear head to the exact optimum of F with the
+                                 # other layers fixed (convex; a few seconds), so the model starts the
+                                 # removal near a stationary point (see models/stationarity.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,6 +145,10 @@ def train(model_name: str, dataset, recipe: Recipe | None = None, *,
     else:
         raise ValueError(f"recipe.optimizer must be 'adam' or 'lbfgs'; got {recipe.optimizer!r}")
     model.eval()
+    polish = (polish_head(model, dataset.images, dataset.targets, recipe.weight_decay)
+              if recipe.polish_head else {"head": None})
+    stationarity = objective_gradient_norms(model, dataset.images, dataset.targets,
+                                            recipe.weight_decay)
     metadata = {
         "model": model_name,
         "num_classes": num_classes,
@@ -150,6 +158,8 @@ def train(model_name: str, dataset, recipe: Recipe | None = None, *,
         "n": len(dataset),
         "train_seconds": time.perf_counter() - start,
         "train_accuracy": accuracy(model, dataset.images, dataset.targets),
+        "stationarity": {**stationarity, "polished_head": polish.get("head"),
+                         "head_grad_norm_before_polish": polish.get("grad_norm_before")},
     }
     if test is not None:
         metadata["test_accuracy"] = accuracy(model, test.images, test.targets)
