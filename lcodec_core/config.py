@@ -15,6 +15,8 @@ class UnlearnConfig:
     method: str = "lfoci"            # one of METHODS; selection methods feed the block Newton step
     num_perturbations: int = 100     # m: perturbed copies of each forget image for probing
     perturbation_std: float = 0.1    # std of Gaussian input noise on the normalised image (paper: 0.1)
+    probe_pooling: str = "pooled"    # "pooled": one L-FOCI on all forget images' probe rows; "per_image":
+                                     # union of per-image selections (bench/bench_pooling.py compares them)
     max_slices: int = 4              # cap on L-FOCI's selection; later picks score near noise level and
                                      # reach early conv layers, which makes every Hessian product costlier
     rhs: str = "forget_gradient"     # right-hand side: g_U ("forget_gradient", removal-specific: exactly 0
@@ -60,6 +62,8 @@ class UnlearnConfig:
              f"perturbation_std must be a finite number >= 0; got {self.perturbation_std} "
              f"(the default 0.1 is the paper's)"),
             (self.max_slices >= 1, f"max_slices must be >= 1; got {self.max_slices}"),
+            (self.probe_pooling in ("pooled", "per_image"),
+             f"probe_pooling must be 'pooled' or 'per_image'; got {self.probe_pooling!r}"),
             (self.rhs in ("retain_gradient", "forget_gradient"),
              f"rhs must be 'retain_gradient' or 'forget_gradient'; got {self.rhs!r}"),
             (self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}"),

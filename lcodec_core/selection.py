@@ -17,8 +17,13 @@ from .slices import SliceRef
 
 
 def select_slices(probe: Probe, slices: list[SliceRef], method: str, *, max_slices: int,
-                  seed: int = 0) -> tuple[list[SelectedSlice], dict]:
+                  seed: int = 0, pooling: str = "pooled") -> tuple[list[SelectedSlice], dict]:
     """Return (selected slices in order, info) for ``method``.
+
+    ``pooling``: "pooled" runs one L-FOCI on every forget image's probe rows together;
+    "per_image" runs L-FOCI on each image's rows alone and takes the union of the selections
+    in order of first appearance (each image's selection capped at ``max_slices``; the union
+    is not). Measured against each other in bench/bench_pooling.py.
 
     ``probe.activations`` has one column per entry of ``slices``. ``info`` reports the
     number of candidate columns and why the selection stopped.
@@ -31,7 +36,9 @@ def select_slices(probe: Probe, slices: list[SliceRef], method: str, *, max_slic
     if method == "all":
         chosen = [SelectedSlice(s.module, s.index, float("nan"), i) for i, s in enumerate(slices)]
         return chosen, {"candidates": len(slices), "stopped_because": "all slices"}
-    varying = np.flatnonzero(activations.std(axis=0) > 0)
+    # peak-to-peak, not std: a constant column can have a rounding-error std > 0, and foci
+    # refuses constant columns (max == min)
+    varying = np.flatnonzero(np.ptp(activations, axis=0) > 0)
     if len(varying) == 0:
         raise ValueError("no slice activation varies under the perturbations; increase "
                          "perturbation_std or num_perturbations")
@@ -42,10 +49,27 @@ def select_slices(probe: Probe, slices: list[SliceRef], method: str, *, max_slic
                          "perturbations are too small (try a larger perturbation_std)")
     rng = np.random.default_rng(seed)
     limit = 1 if method == "top1" else max_slices
-    result = foci(losses, activations[:, varying], max_features=limit, rng=rng)
-    picked = [(int(varying[j]), float(score)) for j, score in zip(result.selected, result.scores)]
-    info = {"candidates": int(len(varying)), "stopped_because": getattr(result, "stopped_because", ""),
-            "lfoci_size": len(picked)}
+    if pooling == "per_image":
+        picked, reasons = [], []
+        for image in probe.sample.unique().tolist():
+            rows = (probe.sample == image).numpy()
+            columns = varying[np.ptp(activations[rows][:, varying], axis=0) > 0]
+            if len(columns) == 0 or np.ptp(losses[rows]) == 0:
+                continue
+            result = foci(losses[rows], activations[rows][:, columns], max_features=limit, rng=rng)
+            reasons.append(getattr(result, "stopped_because", ""))
+            seen = {c for c, _ in picked}
+            picked += [(int(columns[j]), float(score)) for j, score in zip(result.selected, result.scores)
+                       if int(columns[j]) not in seen]
+        stopped = "; ".join(sorted(set(reasons)))
+    elif pooling == "pooled":
+        result = foci(losses, activations[:, varying], max_features=limit, rng=rng)
+        picked = [(int(varying[j]), float(score)) for j, score in zip(result.selected, result.scores)]
+        stopped = getattr(result, "stopped_because", "")
+    else:
+        raise ValueError(f"pooling must be 'pooled' or 'per_image'; got {pooling!r}")
+    info = {"candidates": int(len(varying)), "stopped_because": stopped, "lfoci_size": len(picked),
+            "pooling": pooling}
     if method == "random":
         count = max(len(picked), 1)
         columns = rng.choice(varying, size=min(count, len(varying)), replace=False)

@@ -222,7 +222,8 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
         diagnostics["selection"] = {"candidates": len(slices), "stopped_because": "all slices"}
     else:
         selected, diagnostics["selection"] = select_slices(
-            table, slices, method, max_slices=config.max_slices, seed=config.seed)
+            table, slices, method, max_slices=config.max_slices, seed=config.seed,
+            pooling=config.probe_pooling)
     timings["select_s"] = time.perf_counter() - tick
     _emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
     if not selected:
