@@ -35,7 +35,10 @@ from models import Recipe  # noqa: E402
 NAME = "olivetti_baselines"
 SEEDED = ("lfoci", "random", "top1", "finetune", "negrad")
 DETERMINISTIC = ("full-newton",)
-OVERRIDES = {"full-newton": {"newton_steps": 1}}   # settings that differ from UnlearnConfig()'s defaults
+# settings that differ from UnlearnConfig()'s defaults: "full Newton, 1 step" is the classic
+# single exact Newton step on every parameter (CG on Hessian-vector products)
+OVERRIDES = {"full-newton": {"step_rule": "newton", "solver": "auto", "rhs": "retain_gradient",
+                             "newton_steps": 1}}
 ORDER = ("original", "lfoci", "random", "top1", "full-newton", "finetune", "negrad", "retrain")
 
 
