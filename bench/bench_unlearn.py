@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lcodec_core.audit import membership_inference  # noqa: E402
 from lcodec_core.baselines import retrain  # noqa: E402
+from lcodec_core.block import warm_up  # noqa: E402
 from lcodec_core.config import UnlearnConfig  # noqa: E402
 from lcodec_core.evaluation import evaluate  # noqa: E402
 from lcodec_core.memory import PeakMemory  # noqa: E402
@@ -86,6 +87,7 @@ def _removal_row(checkpoint, bundle, request, seed, reference, kind, label):
 
 def run(identities, seeds, draws, out: Path) -> list[dict]:
     checkpoint, bundle = load_or_train("olivetti", "small_cnn")
+    print(f"warm-up (first torch.func.vmap in this process): {warm_up():.2f} s", file=sys.stderr)
     rows = []
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as handle:

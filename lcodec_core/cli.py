@@ -157,6 +157,8 @@ def cmd_unlearn(args) -> int:
     if args.save:
         _refuse_overwriting_the_original(args, checkpoint)
     request = request_for(bundle)
+    from .block import warm_up
+    warm_up()
     outcome = run_removal(checkpoint, bundle, request, config,
                           compare_retrain=args.compare == "retrain", on_progress=_print_progress)
     report = outcome.report
