@@ -3,8 +3,12 @@
 Phases (each timed and reported through ``on_progress``):
 1. probe   perturb every forget image m times; record each slice's activation and the loss;
 2. select  L-FOCI picks the slices carrying the forget set (or random / top1 / all);
-3. newton  damped block Newton on the retained objective over the selected block P;
-4. noise   N(0, sigma^2) on P (or all parameters) for (epsilon, delta)-forgetting.
+3. newton  the update of the selected block P: by default one step along the forget set's
+           gradient with Fisher curvature, its damping chosen per request by the step rule
+           (:mod:`.forget_step`, :mod:`.step_rule`); with ``step_rule="newton"`` damped Newton
+           iterations on the retained objective (:mod:`.newton`);
+4. noise   N(0, sigma^2) on P (or all parameters) for (epsilon, delta)-forgetting, refused
+           when it would leave the model near chance; labelled by :mod:`.guarantee`.
 Parameters outside P are bit-identical to the input model's. The input model is never
 modified; a new model is returned, and nothing non-finite ever is.
 """
