@@ -169,12 +169,8 @@ class BlockObjective:
             torch.empty(0, device=v.device)
 
     def per_sample_gradients(self, v: torch.Tensor, boundary: list[torch.Tensor] | None = None,
-                             targets: torch.Tensor | None = None, chunk: int = 64,
-                             statistic: str = "loss") -> torch.Tensor:
-        """G (M, p): row i is grad_v CE(f(x_i), y_i) at v, without the lam term
-        (``statistic="loss"``), or the gradient of the soft margin
-        z_y - logsumexp_{j != y} z_j of the logits z (``statistic="margin"``), which, unlike the
-        loss gradient, does not vanish on confidently fitted rows.
+                             targets: torch.Tensor | None = None, chunk: int = 64) -> torch.Tensor:
+        """G (M, p): row i is grad_v CE(f(x_i), y_i) at v, without the lam term.
 
         ``torch.func.vmap(grad(...))`` through the suffix, ``chunk`` rows at a time (bounded
         memory: one chunk's per-sample activations at once). Defaults to this objective's
@@ -186,12 +182,8 @@ class BlockObjective:
 
         def one_loss(w, target, *inputs):
             logits = functional_call(suffix, (self.params_with(w), buffers),
-                                     tuple(x.unsqueeze(0) for x in inputs))[0]      # (K,)
-            if statistic == "margin":
-                own = torch.arange(logits.shape[-1], device=logits.device) == target
-                others = logits.masked_fill(own, float("-inf"))
-                return (logits * own).sum() - torch.logsumexp(others, 0)
-            return F.cross_entropy(logits.unsqueeze(0), target.unsqueeze(0))
+                                     tuple(x.unsqueeze(0) for x in inputs))         # (1, K)
+            return F.cross_entropy(logits, target.unsqueeze(0))
 
         in_dims = (None, 0) + (0,) * len(boundary)
         per_sample = vmap(grad(one_loss), in_dims=in_dims)

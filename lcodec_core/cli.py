@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="right-hand side: the forget set's gradient g_U (default, removal-specific) "
                             "or -grad F_r (moves a non-stationary model even with nothing removed)")
         p.add_argument("--solver", default=defaults.solver, choices=SOLVERS,
-                       help="curvature: fisher (default; per-sample gradients, fast for any layer), "
-                            "margin, or the exact Hessian: explicit, cg, auto")
+                       help="curvature: fisher (default; per-sample gradients, fast for any layer) "
+                            "or the exact Hessian: explicit, cg, auto (explicit for small blocks)")
         p.add_argument("--step-rule", default=defaults.step_rule, choices=["target", "newton"],
                        help="target (default): one step sized per request to the forget target; "
                             "newton: damped Newton iterations (exact solvers)")

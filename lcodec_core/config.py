@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 METHODS = ("lfoci", "random", "all", "top1", "full-newton", "finetune", "negrad", "retrain")
 SELECTION_METHODS = ("lfoci", "random", "all", "top1")
-SOLVERS = ("margin", "fisher", "auto", "explicit", "cg")
+SOLVERS = ("fisher", "auto", "explicit", "cg")
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,6 @@ def block_curvature(objective: BlockObjective, solver: str, *, explicit_max_para
     v0, lam = objective.v0, objective.weight_decay
     if solver == "fisher":
         return FisherCurvature(objective.per_sample_gradients(v0), lam)
-    if solver == "margin":
-        return FisherCurvature(objective.per_sample_gradients(v0, statistic="margin"), lam)
     if solver == "auto":
         solver = "explicit" if objective.size <= explicit_max_params else "cg"
     if solver == "explicit":
