@@ -5,6 +5,11 @@ any model it needs, so hooks set by the engine or Captum never touch a model the
 drawing) and returns ``work(report)`` for :class:`lcodec_app.jobs.Job`. ``report`` is passed
 to the engine as ``on_progress``.
 
+Every removal runs with the engine's own settings unless the user changed them
+(``UnlearnConfig()``, the same default as the command line), and hands the engine the
+bundle's held-out photos (``held_out=``): the step rule reads them as the loss level of
+never-seen photos and guards other people's held-out accuracy with them.
+
 Removals take :data:`ENGINE_LOCK` in turn; a session waiting for another one says so in its
 progress. (An earlier engine used forward-mode autodiff, whose process-global dual levels made
 concurrent removals fail; the engine now uses double backward, but on a small machine two
@@ -23,7 +28,7 @@ from torch import nn
 
 from lcodec_core.audit import audit_removal
 from lcodec_core.config import UnlearnConfig
-from lcodec_core.data import DataBundle
+from lcodec_core.data import DataBundle, ImageDataset
 from lcodec_core.evaluation import evaluate
 from lcodec_core.requests import ForgetRequest, make_request
 from models import Recipe, accuracy, train
@@ -42,15 +47,19 @@ def unlearn_fn():
 
 
 def locked_unlearn(model, request: ForgetRequest, config: UnlearnConfig, report: Report,
-                   weight_decay: float):
-    """``unlearn`` under :data:`ENGINE_LOCK`, reporting while it waits for another session."""
+                   weight_decay: float, held_out: ImageDataset | None):
+    """``unlearn`` under :data:`ENGINE_LOCK`, reporting while it waits for another session.
+
+    ``held_out``: photos never used in training (the bundle's test split), or None.
+    Raises what ``unlearn`` raises, e.g. ``HarmfulNoiseError`` (nothing was changed then).
+    """
     unlearn = unlearn_fn()
     while not ENGINE_LOCK.acquire(timeout=0.5):
         report({"phase": "probe", "fraction": 0.0,
                 "message": "waiting for another session's removal to finish"})
     try:
         return unlearn(model, request.forget, request.retain, config, report,
-                       weight_decay=weight_decay)
+                       weight_decay=weight_decay, held_out=held_out)
     finally:
         ENGINE_LOCK.release()
 
@@ -61,17 +70,25 @@ def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnCo
     original = copy.deepcopy(workbench.original)
     bundle, weight_decay = workbench.bundle, workbench.weight_decay
     hash_before = workbench.current_hash
+    who = (workbench.class_names[request.identity] if request.identity is not None else
+           f"{len(request.forget_indices)} photo{'s' if len(request.forget_indices) != 1 else ''}")
 
     def work(report: Report) -> Removal:
         report({"phase": "probe", "fraction": 0.0, "message": "measuring accuracy before"})
         before = evaluate(model, bundle, request)
         original_metrics = evaluate(original, bundle, request)
-        result = locked_unlearn(model, request, config, report, weight_decay)
+        result = locked_unlearn(model, request, config, report, weight_decay,
+                                held_out_photos(bundle))
         after = evaluate(result.model, bundle, request)
         return Removal(request, config, result, before, after, original_metrics, hash_before,
-                       model_hash(result.model))
+                       model_hash(result.model), who=who)
 
     return work
+
+
+def held_out_photos(bundle: DataBundle) -> ImageDataset | None:
+    """The photos the engine may read as never-seen: the bundle's test split (None if empty)."""
+    return bundle.test if len(bundle.test) else None
 
 
 def retrain_work(workbench: Workbench, removal: Removal):
@@ -163,7 +180,8 @@ def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
             def on_progress(event, step=step):
                 report({**event, "step": step, "steps": len(targets)})
 
-            result = locked_unlearn(model, request, config, on_progress, weight_decay)
+            result = locked_unlearn(model, request, config, on_progress, weight_decay,
+                                    held_out_photos(bundle))
             model = result.model
             removed += request.forget_indices
             if request.identity is not None:
@@ -182,3 +200,22 @@ def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
         return {"model": model, "rows": rows, "removed": removed}
 
     return work
+
+
+def noise_preview(workbench: Workbench, config: UnlearnConfig, forget_count: int,
+                  retain_count: int) -> tuple[float, float]:
+    """(sigma the engine would add for ``config``, median absolute weight of the session's
+    model), before any run: sigma from :func:`lcodec_core.noise.noise_sigma` with the same
+    n = forget + retain, k and lam as ``unlearn``; 0.0 without noise or with nothing to forget.
+    """
+    from lcodec_core.noise import noise_sigma
+    weights = torch.cat([p.detach().abs().flatten() for p in workbench.current.parameters()])
+    median = float(weights.median())
+    if config.epsilon is None or forget_count < 1 or retain_count < 1:
+        return 0.0, median
+    sigma = noise_sigma(epsilon=config.epsilon, delta=config.delta,
+                        n=forget_count + retain_count, k=forget_count,
+                        weight_decay=config.weight_decay or workbench.weight_decay,
+                        hessian_lipschitz=config.hessian_lipschitz,
+                        loss_lipschitz=config.loss_lipschitz)
+    return sigma, median

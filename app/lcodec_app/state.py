@@ -181,7 +181,7 @@ def collect_finished_job(bench: Workbench) -> Job | None:
     state.finished[job.kind] = job
     if job.error is not None:
         if not job.cancelled:
-            state.job_errors[job.kind] = f"{job.label} failed: {job.error}"
+            state.job_errors[job.kind] = job_failure_message(job)
         return job
     try:
         if job.kind == "unlearn":
@@ -195,6 +195,15 @@ def collect_finished_job(bench: Workbench) -> Job | None:
     except ValueError as error:
         state.job_errors[job.kind] = str(error)
     return job
+
+
+def job_failure_message(job: Job) -> str:
+    """What the page says about a failed job: a refusal of harmful noise is not a crash."""
+    from lcodec_core.unlearn import HarmfulNoiseError  # late, as engine.unlearn_fn
+    if isinstance(job.error, HarmfulNoiseError):
+        return (f"{job.label} was refused, and nothing was removed: {job.error}. In the settings "
+                "that option is 'Keep a wrecked model anyway'.")
+    return f"{job.label} failed: {job.error}"
 
 
 def last_finished(kind: str) -> Job | None:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import streamlit as st
 
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.config import SOLVERS, UnlearnConfig
 
 from . import state
 from .engine import UNLEARN_PHASES
@@ -15,8 +15,8 @@ from .workbench import Workbench
 
 PHASE_LABELS = {"probe": "1. Probe: jiggle the photos and watch every slice",
                 "select": "2. Select: L-FOCI picks the slices that carry them",
-                "newton": "3. Newton: update only those slices",
-                "noise": "4. Noise: add calibrated noise for the guarantee",
+                "newton": "3. Step: update only those slices, as far as the target needs",
+                "noise": "4. Noise: add the requested noise (only with epsilon set)",
                 "retrain": "Retraining from scratch on the retained images",
                 "train": "Training on your photos"}
 
@@ -76,16 +76,42 @@ def face(bench: Workbench, identity: int) -> np.ndarray:
     return bench.bundle.to_pixels(bench.bundle.train.images[index])
 
 
+SOLVER_LABELS = {
+    "fisher": "fisher: curvature from per-sample gradients (fast for any layer)",
+    "margin": "margin: Fisher curvature of the logit margin",
+    "auto": "auto: exact Hessian, explicit or CG by block size",
+    "explicit": "explicit: the exact block Hessian (small blocks)",
+    "cg": "cg: conjugate gradients on Hessian-vector products",
+}
+STEP_RULE_LABELS = {
+    "target": "target: one step sized per request to meet the forget target",
+    "newton": "newton: damped Newton iterations on the kept photos",
+}
+EXACT_SOLVERS = ("auto", "explicit", "cg")  # what step rule "newton" can iterate with
+
+
 def settings_form(key: str, defaults: UnlearnConfig, method_choice: bool = True) -> UnlearnConfig:
-    """Unlearning settings with one-line help each; returns the chosen UnlearnConfig."""
+    """Unlearning settings with one-line help each; returns the chosen UnlearnConfig.
+
+    ``defaults`` is what the widgets start from (the pages pass the engine's default,
+    ``UnlearnConfig()``). The form never returns an invalid config: step rule "newton" needs
+    an exact solver, so picking it moves a Fisher solver to "auto" (and says so).
+    """
+    rule_key, solver_key = f"{key}_rule", f"{key}_solver"
+
+    def rule_changed():  # keep the solver valid for the rule, visibly
+        if st.session_state[rule_key] == "newton" and st.session_state.get(solver_key) not in EXACT_SOLVERS:
+            st.session_state[solver_key] = "auto"
+
     cols = st.columns(2)
     with cols[0]:
         method = defaults.method
         if method_choice:
+            methods = ["lfoci", "random", "top1", "all", "finetune", "negrad"]
             method = st.selectbox(
-                "Method", ["lfoci", "random", "top1", "all", "finetune", "negrad"],
-                key=f"{key}_method", help="lfoci: the slices L-FOCI picks (recommended). random: "
-                "as many random slices. all: Newton on the whole model. finetune / negrad: "
+                "Method", methods, index=methods.index(defaults.method) if defaults.method in methods
+                else 0, key=f"{key}_method", help="lfoci: the slices L-FOCI picks (recommended). "
+                "random: as many random slices. all: every slice of the model. finetune / negrad: "
                 "baselines that retrain on the kept data or climb the loss on the forgotten.")
         m = st.number_input("Perturbations per image (m)", 3, 1000, defaults.num_perturbations,
                             key=f"{key}_m", help="How many jiggled copies of each forgotten "
@@ -96,36 +122,58 @@ def settings_form(key: str, defaults: UnlearnConfig, method_choice: bool = True)
         max_slices = st.number_input("Max slices", 1, 256, defaults.max_slices, key=f"{key}_k",
                                      help="Upper bound on how many slices (filters or neurons) "
                                      "may be changed.")
+        seed = st.number_input("Seed", 0, 2**31 - 1, defaults.seed, key=f"{key}_seed",
+                               help="Fixes the perturbations, random choices and noise.")
     with cols[1]:
-        solver = st.selectbox("Solver", ["auto", "explicit", "cg"],
-                              index=["auto", "explicit", "cg"].index(defaults.solver),
-                              key=f"{key}_solver", help="How the Newton system is solved: the "
-                              "exact block Hessian (small blocks) or conjugate gradients (large).")
-        noise = st.toggle("Add noise for an (epsilon, delta) guarantee",
-                          value=defaults.epsilon is not None, key=f"{key}_noise",
-                          help="Off: no noise, and no formal guarantee is claimed. On: Gaussian "
-                          "noise sized for the chosen epsilon and delta (it can be large).")
+        rule = st.selectbox(
+            "Step rule", list(STEP_RULE_LABELS), index=list(STEP_RULE_LABELS).index(defaults.step_rule),
+            key=rule_key, format_func=STEP_RULE_LABELS.get, on_change=rule_changed,
+            help="target (the default): the smallest step that meets the forget target (a removed "
+            "person is no longer recognised; single photos look like never-seen ones) while the "
+            "kept and held-out photos stay recognised. newton: up to 'Newton steps' damped Newton "
+            "iterations on the kept photos' loss; it needs an exact solver (auto, explicit, cg).")
+        if rule == "target":
+            rounds = st.number_input("Step rounds", 1, 10, defaults.step_rounds, key=f"{key}_rounds",
+                                     help="At most this many steps, each from the forgotten "
+                                     "photos' gradient where the last one ended, until the target "
+                                     "is met (usually one is enough).")
+            steps = defaults.newton_steps
+        else:
+            rounds = defaults.step_rounds
+            steps = st.number_input("Newton steps", 1, 20, defaults.newton_steps, key=f"{key}_steps",
+                                    help="Step rule newton only: damped Newton steps on the kept "
+                                    "photos' objective (1 = the classic single step).")
+        solver = st.selectbox("Solver", list(SOLVERS), index=list(SOLVERS).index(defaults.solver),
+                              key=solver_key, format_func=lambda s: SOLVER_LABELS.get(s, s),
+                              help="Where the curvature of the step comes from: the Fisher "
+                              "matrix of per-sample gradients (the default, fast for any layer), "
+                              "or the exact block Hessian (explicit, or conjugate gradients).")
+        if rule == "newton" and solver not in EXACT_SOLVERS:
+            solver = "auto"
+            st.caption(":material/info: Newton steps need the exact Hessian: the solver is "
+                       "'auto' with this step rule.")
+        noise = st.toggle("Add noise (epsilon, delta)", value=defaults.epsilon is not None,
+                          key=f"{key}_noise",
+                          help="Off (the default): no noise and no guarantee claimed. On: Gaussian "
+                          "noise sized for epsilon and delta by Sekhari et al.'s bound. It "
+                          "certifies forgetting only for one full Newton step on a convex model "
+                          "with noise on every weight; otherwise it is a heuristic, no guarantee. "
+                          "On a network its size usually wrecks the model.")
         epsilon = st.number_input("epsilon", 0.01, 1e6, defaults.epsilon or 1000.0,
                                   key=f"{key}_eps", disabled=not noise,
-                                  help="Privacy budget: smaller = stronger guarantee, more noise.")
+                                  help="Privacy budget: smaller = stronger promise, more noise.")
         delta = st.number_input("delta", 1e-12, 0.5, defaults.delta, format="%.1e",
                                 key=f"{key}_delta", disabled=not noise,
                                 help="Chance the guarantee fails; keep it below 1/n.")
-        seed = st.number_input("Seed", 0, 2**31 - 1, defaults.seed, key=f"{key}_seed",
-                               help="Fixes the perturbations, random choices and noise.")
-    with cols[0]:
-        steps = st.number_input("Newton steps", 1, 20, defaults.newton_steps, key=f"{key}_steps",
-                                help="Damped Newton steps on the retained objective (1 = the "
-                                "classic single step; more = closer to the retrained optimum).")
-        subsample = st.number_input("Curvature from n retained photos (0 = all)", 0, 100_000,
-                                    defaults.retain_subsample or 0, key=f"{key}_sub",
-                                    help="Estimate the Hessian on a random subset of the kept "
-                                    "photos: faster, slightly less exact.")
+        wrecked = st.checkbox("Keep a wrecked model anyway", value=defaults.allow_harmful_noise,
+                              key=f"{key}_wrecked", disabled=not noise,
+                              help="Noise that would leave the kept photos recognised near chance "
+                              "is refused and nothing changes. Tick this to apply it on purpose.")
     return defaults.with_(method=method, num_perturbations=int(m), perturbation_std=float(std),
-                          max_slices=int(max_slices), solver=solver,
+                          max_slices=int(max_slices), step_rule=rule, step_rounds=int(rounds),
+                          solver=solver, newton_steps=int(steps),
                           epsilon=float(epsilon) if noise else None, delta=float(delta),
-                          seed=int(seed), newton_steps=int(steps),
-                          retain_subsample=int(subsample) or None)
+                          allow_harmful_noise=bool(noise and wrecked), seed=int(seed))
 
 
 def _phase_rows(box, job: Job, phases) -> None:

@@ -16,6 +16,7 @@ from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import DataBundle
 from lcodec_core.requests import ForgetRequest
 from lcodec_core.result import UnlearnResult
+from lcodec_core.verdict import Verdict, judge
 from models import Checkpoint, state_hash
 
 # Built-in data sets and the zoo models offered for each (first = default).
@@ -64,7 +65,7 @@ class Removal:
     the same request. ``retrained`` (filled in by the Audit page): the same architecture
     retrained from scratch on ``request.retain``; ``audit`` (with it):
     :func:`lcodec_core.audit.audit_removal` of the original, this removal's model and the
-    retrained one.
+    retrained one. ``who``: how the verdict names what was removed ("person 05", "3 photos").
     """
     request: ForgetRequest
     config: UnlearnConfig
@@ -77,6 +78,7 @@ class Removal:
     retrained: dict | None = None
     retrain_s: float | None = None
     audit: dict | None = None
+    who: str | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -85,6 +87,18 @@ class Removal:
     @property
     def label(self) -> str:
         return self.request.description
+
+    @property
+    def verdict(self) -> Verdict:
+        """What the numbers show (:func:`lcodec_core.verdict.judge`): never assumed."""
+        return judge(self.before, self.after, identity=self.request.identity,
+                     changed=self.result.changed, step=self.result.diagnostics.get("step"),
+                     who=self.who)
+
+    @property
+    def certified(self) -> bool:
+        """True when the removal's (epsilon, delta) is a certified guarantee."""
+        return self.result.guarantee == "certified"
 
 
 @dataclass
@@ -145,14 +159,17 @@ class Workbench:
     def privacy_spent(self) -> tuple[float | None, float]:
         """(epsilon, delta) spent by all removals under basic composition (sums).
 
-        epsilon is None when any removal ran without noise: no guarantee is claimed then.
+        epsilon is None when any removal is not certified (no noise, heuristic noise, or no
+        weight moved; see :mod:`lcodec_core.guarantee`): no guarantee is claimed then, and
+        delta sums only the certified removals.
         """
         if not self.history:
             return 0.0, 0.0
-        if any(r.config.epsilon is None for r in self.history):
-            return None, sum(r.config.delta for r in self.history if r.config.epsilon is not None)
-        return (sum(r.config.epsilon for r in self.history),
-                sum(r.config.delta for r in self.history))
+        certified = [r for r in self.history if r.certified]
+        delta = sum(r.config.delta for r in certified)
+        if len(certified) < len(self.history):
+            return None, delta
+        return sum(r.config.epsilon for r in certified), delta
 
 
 def model_hash(model: nn.Module) -> str:

@@ -4,9 +4,9 @@ import streamlit as st
 from lcodec_app import engine, state
 from lcodec_app.jobs import Job
 from lcodec_app.panels import history_table, result_panel
-from lcodec_app.presets import DEFAULT
 from lcodec_app.widgets import busy, explain, identity_picker, job_progress, settings_form, \
     show_job_error, thumbnails
+from lcodec_core.config import UnlearnConfig
 from lcodec_core.requests import make_request
 
 bench = st.session_state.workbench
@@ -41,9 +41,31 @@ else:
             "from their other photos. The target is what a model retrained without them does.")
 
 with st.expander("Settings", icon=":material/tune:"):
-    config = settings_form("forget", DEFAULT)
-    explain("The defaults work for the built-in models. More perturbations or slices make the "
-            "removal more thorough and slower.")
+    config = settings_form("forget", UnlearnConfig())
+    explain("These start at the engine's defaults, the same as Start here and the command "
+            "line. More perturbations or slices make the choice of slices steadier and slower; "
+            "the step's size is chosen for each request, and the result is checked afterwards.")
+
+if config.epsilon is not None and chosen:
+    try:
+        sigma, typical = engine.noise_preview(bench, config, len(chosen),
+                                              len(bundle.train) - len(removed) - len(chosen))
+    except ValueError as error:
+        st.error(f"These noise settings cannot be used: {error}", icon=":material/error:")
+    else:
+        if sigma > typical:
+            st.warning(
+                f"This noise is large: sigma = {sigma:.3g}, while a typical weight of the model "
+                f"is {typical:.3g} (median absolute weight). It will likely wreck the model, and "
+                "it certifies (epsilon, delta) only when every assumption of the bound holds "
+                "(the guarantee is shown after the run). "
+                + ("You chose to keep a wrecked model anyway." if config.allow_harmful_noise else
+                   "A removal that would leave the kept photos near chance is refused and "
+                   "nothing changes, unless you tick 'Keep a wrecked model anyway'."),
+                icon=":material/warning:")
+        else:
+            st.caption(f":material/info: Noise: sigma = {sigma:.3g} (median absolute weight "
+                       f"{typical:.3g}).")
 
 blocked = None
 if not chosen:

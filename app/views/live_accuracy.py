@@ -6,8 +6,8 @@ import streamlit as st
 
 from lcodec_app import charts, engine, state
 from lcodec_app.jobs import Job
-from lcodec_app.presets import LIVE
 from lcodec_app.widgets import busy, explain, job_progress, settings_form, show_job_error
+from lcodec_core.config import UnlearnConfig
 
 bench = st.session_state.workbench
 bundle = bench.bundle
@@ -46,7 +46,7 @@ reference = st.radio(
     help="Retraining is what unlearning imitates; each retraining takes as long as the first "
          "training of the model.")
 with st.expander("Settings for each removal", icon=":material/tune:"):
-    config = settings_form("live", LIVE)
+    config = settings_form("live", UnlearnConfig())
 
 job = state.current_job()
 running = job is not None and job.kind == "live" and not job.done

@@ -4,9 +4,9 @@ import streamlit as st
 from lcodec_app import engine, state
 from lcodec_app.jobs import Job
 from lcodec_app.panels import result_panel
-from lcodec_app.presets import GUIDED
 from lcodec_app.widgets import explain, face, identity_picker, job_progress, pct, show_job_error, \
     thumbnails
+from lcodec_core.config import UnlearnConfig
 from lcodec_core.evaluation import evaluate
 from lcodec_core.requests import make_request
 
@@ -58,12 +58,15 @@ with st.container(border=True):
     if already:
         st.caption("Already removed in this session: pick someone else, or undo on the Forget page.")
     else:
-        explain("Takes a few seconds: the model is probed with jiggled copies of these photos, "
-                "the few filters that carry them are chosen, and only those are updated.")
+        explain("Uses the engine's default settings (the same as the Forget page and the "
+                "command line); progress is shown while it runs. The model is probed with "
+                "jiggled copies of these photos, the few filters that carry them are chosen, "
+                "and only those are updated, just far enough that they are no longer recognised. "
+                "The result is then checked, not assumed.")
     if clicked:
         request = make_request(bundle, identity=identity, already_removed=bench.removed_indices)
         state.start_job(Job("unlearn", f"Forgetting {bench.class_names[identity]}",
-                            engine.removal_work(bench, request, GUIDED),
+                            engine.removal_work(bench, request, UnlearnConfig()),
                             payload={"identity": identity}))
         st.rerun()
     job_progress(("unlearn",))
