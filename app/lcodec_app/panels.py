@@ -1,8 +1,12 @@
 """Larger page sections used on more than one page: a removal's result and the history."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import streamlit as st
+
+from lcodec_core.guarantee import GUARANTEES
 
 from . import charts
 from .widgets import explain, pct, points
@@ -36,9 +40,75 @@ def result_metrics(removal: Removal) -> None:
                   "used for training (n/a when single photos were removed).")
 
 
+def verdict_banner(removal: Removal) -> None:
+    """The removal judged from its numbers (:func:`lcodec_core.verdict.judge`), never assumed:
+    green only when forgotten; a warning with what to try when still recognised or unchanged;
+    an error when the model was damaged."""
+    verdict = removal.verdict
+    advice = "".join(f"\n- {line}" for line in verdict.advice)
+    if verdict.ok:
+        st.success(verdict.headline, icon=":material/check_circle:")
+    elif verdict.status == "damaged":
+        st.error(verdict.headline + advice, icon=":material/dangerous:")
+    else:
+        st.warning(verdict.headline + advice, icon=":material/warning:")
+
+
+def guarantee_text(result) -> str:
+    """The engine's guarantee label in words, with why it is not certified (if it is not)."""
+    text = GUARANTEES.get(result.guarantee, result.guarantee)
+    if result.guarantee == "heuristic" and result.guarantee_reasons:
+        text += " (" + "; ".join(result.guarantee_reasons) + ")"
+    return text
+
+
+def _number(value, fmt: str = ".3g") -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return format(value, fmt) if math.isfinite(value) else "n/a"
+
+
+def step_details(result) -> None:
+    """How the step was chosen, in plain words: the rule, its target, the null control and
+    how much the curvature shaped the step. Nothing for a removal without a targeted step."""
+    step = result.diagnostics.get("step")
+    if not step:
+        return
+    lines = [f"- **Rule**: {step.get('rule_text', step.get('rule', 'n/a'))}; damping "
+             f"{_number(step.get('damping'))}."]
+    if step.get("target_met"):
+        lines.append("- **Target**: met.")
+    elif step.get("guard_limited"):
+        lines.append("- **Target**: not met; the step stopped where the kept or held-out photos "
+                     "would have started to suffer (the guard).")
+    else:
+        lines.append("- **Target**: not met.")
+    rounds = step.get("rounds") or []
+    if len(rounds) > 1:
+        lines.append(f"- **Rounds**: {len(rounds)} steps, each from where the last one ended.")
+    control = step.get("null_control") or {}
+    ratio = control.get("ratio")
+    lines.append(f"- **Null control**: the same update with nothing removed is "
+                 f"{_number(ratio, '.2%')} of this step's size"
+                 + (" (it comes from the removal alone)." if ratio == 0 else
+                    " (this part would move the model even if nothing were removed)."))
+    effect = step.get("curvature_effect") or {}
+    angle, norm_ratio = effect.get("angle_deg"), effect.get("norm_ratio")
+    little = (_number(angle, ".1f") != "n/a" and float(angle) < 5
+              and abs(float(norm_ratio or 0) - 1) < 0.1)
+    lines.append(f"- **How much the curvature shaped the step**: {_number(angle, '.1f')}° "
+                 f"between this step and the plain forget gradient, length ratio "
+                 f"{_number(norm_ratio, '.2f')}"
+                 + (": little, the step size (damping) did most of the work." if little else
+                    ": the curvature turned or rescaled the step."))
+    st.markdown("\n".join(lines))
+
+
 def result_panel(bench: Workbench, removal: Removal, chart_key: str) -> None:
-    """What a removal did: the numbers, a before/after chart, and how it was done."""
-    st.success(f"Removed {removal.label}.", icon=":material/check_circle:")
+    """What a removal did: the verdict, the numbers, a before/after chart, and how it was done."""
+    verdict_banner(removal)
     result_metrics(removal)
     st.plotly_chart(charts.accuracy_bars({"original": removal.before, "unlearned": removal.after}),
                     key=chart_key, config={"displayModeBar": False})
@@ -47,19 +117,25 @@ def result_panel(bench: Workbench, removal: Removal, chart_key: str) -> None:
             "for everything else.")
     result = removal.result
     timings = result.timings
+    st.markdown(f"**Guarantee**: {guarantee_text(result)}.")
     st.caption(
         f"{len(result.selected_slices)} slice(s) selected, {result.parameters_updated:,} "
         f"parameters updated ({result.parameter_share:.2%} of the model); sigma = "
         f"{result.sigma:.3g}; took {timings.get('unlearn_s', 0):.1f} s (probe "
-        f"{timings.get('probe_s', 0):.1f} s, select {timings.get('select_s', 0):.1f} s, Newton "
+        f"{timings.get('probe_s', 0):.1f} s, select {timings.get('select_s', 0):.1f} s, step "
         f"{timings.get('newton_s', 0):.1f} s). Model hash {removal.hash_after[:12]}.")
+    if result.diagnostics.get("step"):
+        with st.expander("How the step was chosen", icon=":material/straighten:"):
+            step_details(result)
 
 
 def history_table(bench: Workbench) -> None:
     rows = [{"#": i, "removed": r.label, "method": r.config.method,
+             "outcome": r.verdict.status.replace("_", " "),
              "forgotten acc.": pct(r.after["forget_accuracy"]),
              "retained acc.": pct(r.after["retain_accuracy"]),
              "slices": len(r.result.selected_slices), "sigma": f"{r.result.sigma:.3g}",
+             "guarantee": r.result.guarantee,
              "seconds": round(r.result.timings.get("unlearn_s", 0.0), 2)}
             for i, r in enumerate(bench.history, start=1)]
     st.dataframe(pd.DataFrame(rows), hide_index=True)

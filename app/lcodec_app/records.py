@@ -37,16 +37,21 @@ def open_ledger() -> tuple[Ledger | None, str | None]:
 
 def entry_for(bench: Workbench, removal: Removal) -> RemovalEntry:
     """The ledger entry for a removal committed to ``bench``."""
-    request, config = removal.request, removal.config
+    request, config, result = removal.request, removal.config, removal.result
+    # An (epsilon, delta) is recorded only for a certified removal (lcodec_core.guarantee):
+    # heuristic noise has a sigma but no epsilon, as in the command line's records.
+    certified = result.guarantee == "certified"
     return RemovalEntry(
         model_before=removal.hash_before, model_after=removal.hash_after,
         dataset=bench.key.dataset, model_name=bench.key.model, identity=request.identity,
         forget_indices=list(request.forget_indices),
         file_names=[str(s) for s in request.forget.sources], method=config.method,
-        settings=config.to_dict(), sigma=removal.result.sigma, epsilon=config.epsilon,
-        delta=config.delta if config.epsilon is not None else None,
+        settings=config.to_dict(), sigma=result.sigma,
+        epsilon=config.epsilon if certified else None,
+        delta=config.delta if certified else None,
         metrics={"original": removal.original, "before": removal.before,
-                 "unlearned": removal.after, "timings": dict(removal.result.timings)})
+                 "unlearned": removal.after, "timings": dict(result.timings),
+                 "guarantee": result.guarantee, "verdict": removal.verdict.to_dict()})
 
 
 def record_removal(bench: Workbench, removal: Removal) -> str | None:
@@ -97,6 +102,21 @@ def delta_text(cost: PrivacyCost) -> str:
     return "n/a" if not cost.has_guarantee else f"{cost.delta:.3g}"
 
 
+def outcome_text(row: LedgerRow) -> str:
+    """The verdict recorded with a removal and the forgotten photos' accuracy after it,
+    e.g. "forgotten, 0.0% recognised" ("not judged" for rows recorded without a verdict)."""
+    metrics = row.metrics or {}
+    status = (metrics.get("verdict") or {}).get("status")
+    after = (metrics.get("unlearned") or {}).get("forget_accuracy")
+    accuracy = (f"{after:.1%} recognised" if isinstance(after, (int, float)) and math.isfinite(after)
+                else "accuracy n/a")
+    return f"{status.replace('_', ' ') if status else 'not judged'}, {accuracy}"
+
+
+ROW_COLUMNS = ["id", "time (UTC)", "removed", "method", "outcome", "guarantee", "epsilon",
+               "delta", "sigma", "before", "after", "saved to"]
+
+
 def rows_frame(rows: list[LedgerRow]) -> pd.DataFrame:
     """One line per removal, newest first, for ``st.dataframe``."""
     return pd.DataFrame([{
@@ -105,14 +125,15 @@ def rows_frame(rows: list[LedgerRow]) -> pd.DataFrame:
         "removed": (f"identity {row.identity} ({len(row.forget_indices)} photos)"
                     if row.identity is not None else f"photos {row.forget_indices[:8]}"),
         "method": row.method,
+        "outcome": outcome_text(row),
+        "guarantee": (row.metrics or {}).get("guarantee") or "not recorded",
         "epsilon": row.epsilon if row.noised else None,
         "delta": row.delta if row.noised else None,
         "sigma": row.sigma,
         "before": row.model_before[:10],
         "after": row.model_after[:10],
         "saved to": row.model_path or "",
-    } for row in reversed(rows)], columns=["id", "time (UTC)", "removed", "method", "epsilon",
-                                           "delta", "sigma", "before", "after", "saved to"])
+    } for row in reversed(rows)], columns=ROW_COLUMNS)
 
 
 def lineages_frame(lineages: dict[str, PrivacyCost]) -> pd.DataFrame:

@@ -26,6 +26,7 @@ def removal_record(removal: Removal) -> dict:
         "model_hash_after": removal.hash_after,
         "settings": removal.config.to_dict(),
         "result": removal.result.summary(),
+        "verdict": removal.verdict.to_dict(),
         "metrics": {"original": removal.original, "before": removal.before,
                     "unlearned": removal.after, "retrained": removal.retrained},
         "retrain_seconds": removal.retrain_s,
@@ -44,7 +45,8 @@ def build_report(bench: Workbench) -> dict:
         "base_model_hash": bench.base_hash,
         "current_model_hash": bench.current_hash,
         "privacy_spent": {"epsilon": epsilon, "delta": delta,
-                          "composition": "basic (sums); epsilon null = no guarantee claimed"},
+                          "composition": "basic (sums) over certified removals; epsilon null = "
+                                         "a removal is not certified, no guarantee claimed"},
         "removals": [removal_record(r) for r in bench.history],
     })
 
@@ -56,7 +58,7 @@ def _fmt(value) -> str:
 def to_markdown(report: dict) -> str:
     """A human-readable version of :func:`build_report`'s output."""
     spent = report["privacy_spent"]
-    eps = "none claimed (a removal ran without noise)" if spent["epsilon"] is None else (
+    eps = "none claimed (a removal is not certified)" if spent["epsilon"] is None else (
         f"epsilon = {spent['epsilon']:.4g}, delta = {spent['delta']:.3g}")
     lines = [
         "# lcodec removal report", "",
@@ -76,6 +78,8 @@ def to_markdown(report: dict) -> str:
                   f"- Method: {result['method']}; slices selected: "
                   f"{len(result['selected_slices'])}; parameters updated: "
                   f"{result['parameters_updated']} ({result['parameter_share']:.2%})",
+                  f"- Outcome: {removal['verdict']['headline']}",
+                  f"- Guarantee: {result['guarantee_text']}",
                   f"- sigma: {result['sigma']:.4g}; time: {result['timings'].get('unlearn_s', 0):.2f} s"
                   + (f" (retraining took {removal['retrain_seconds']:.1f} s)"
                      if removal.get("retrain_seconds") else ""),
@@ -115,7 +119,8 @@ def model_bytes(bench: Workbench) -> bytes:
         "model_hash": bench.current_hash,
         "removals": [{"description": r.request.description, "identity": r.request.identity,
                       "forget_indices": list(r.request.forget_indices),
-                      "settings": r.config.to_dict(), "sigma": r.result.sigma}
+                      "settings": r.config.to_dict(), "sigma": r.result.sigma,
+                      "guarantee": r.result.guarantee}
                      for r in bench.history],
     }
     metadata = json_ready(metadata)

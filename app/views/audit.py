@@ -4,7 +4,7 @@ import streamlit as st
 
 from lcodec_app import charts, engine, report, state
 from lcodec_app.jobs import Job
-from lcodec_app.panels import removal_chooser
+from lcodec_app.panels import guarantee_text, removal_chooser, verdict_banner
 from lcodec_app.widgets import busy, explain, job_progress, pct, require_removal, show_job_error
 
 bench = st.session_state.workbench
@@ -18,6 +18,7 @@ if not require_removal(bench):
 
 position, removal = removal_chooser(bench, key="audit_removal")
 result = removal.result
+verdict_banner(removal)
 
 st.subheader("Accuracy beside the retrained model")
 if removal.retrained is None:
@@ -86,18 +87,22 @@ cols[3].metric("Parameters updated", f"{result.parameters_updated:,}",
 
 st.subheader("Noise and guarantee")
 epsilon, delta = bench.privacy_spent()
+st.markdown(f"**This removal**: {guarantee_text(result)}.")
 cols = st.columns(3)
 cols[0].metric("sigma of this removal", f"{result.sigma:.3g}",
                help="Standard deviation of the Gaussian noise added to the updated weights.")
 cols[1].metric("epsilon, delta of this removal",
-               "none" if removal.config.epsilon is None else
-               f"{removal.config.epsilon:g}, {removal.config.delta:.0e}")
+               f"{removal.config.epsilon:g}, {removal.config.delta:.0e}" if removal.certified
+               else "none", help="Only a certified removal has an (epsilon, delta); see the "
+                                 "guarantee above.")
 cols[2].metric("Spent by the session (all removals)",
                "no guarantee" if epsilon is None else f"{epsilon:g}, {delta:.0e}")
-explain("With noise on, the removal is (epsilon, delta)-forgetting in the sense of Sekhari et "
-        "al. (2021) under their assumptions; smaller epsilon means a stronger promise and more "
-        "noise. Totals add up over removals (basic composition). Without noise, no formal "
-        "guarantee is claimed: the numbers above are the evidence.")
+explain("A removal is (epsilon, delta)-forgetting in the sense of Sekhari et al. (2021) only "
+        "when it is certified: one full Newton step on a strongly convex model with noise on "
+        "every weight. Noise anywhere else is a heuristic: it blurs, it promises nothing. Totals "
+        "add up over certified removals (basic composition); one removal that is not certified "
+        "leaves the session without a guarantee. Without a guarantee, the numbers above are the "
+        "evidence.")
 
 st.subheader("Model fingerprints")
 st.markdown(f"- shared base model: `{bench.base_hash[:16]}` (never edited)\n"

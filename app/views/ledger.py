@@ -9,7 +9,7 @@ bench = st.session_state.workbench
 st.title("Deletion ledger")
 st.markdown("Every completed removal, from this dashboard or the `lcodec` command line, is "
             "recorded in a ledger on this machine: when, which model (by fingerprint), what was "
-            "removed, how, and the privacy it cost. Undoing a removal here does not erase its "
+            "removed, how, its outcome, and the privacy it cost. Undoing a removal here does not erase its "
             "record. On the command line: `python -m lcodec_core ledger`.")
 warning = st.session_state.get("ledger_warning")
 if warning:
@@ -25,17 +25,20 @@ cols = st.columns(3)
 cols[0].metric("Removals behind this model", len(view.model_rows))
 cols[1].metric("Cumulative epsilon", records.epsilon_text(view.model_cost),
                help="Sum of the epsilons of the removals that produced this model (basic "
-                    "composition). 'none': one of them ran without noise, so no formal "
-                    "guarantee is claimed.")
+                    "composition). 'none': one of them is not certified (no noise, or noise "
+                    "whose bound does not apply), so no formal guarantee is claimed.")
 cols[2].metric("Cumulative delta", records.delta_text(view.model_cost))
 if view.model_rows:
     st.dataframe(records.rows_frame(view.model_rows), hide_index=True, key="ledger_model_rows")
 else:
     st.caption("No removal is behind this model yet: it is the lineage's starting point.")
-explain("A removal with noise is (epsilon, delta)-forgetting: smaller epsilon is a stronger "
-        "promise. Removals compose by adding up their epsilons and their deltas, so each "
-        "removal spends some of the model's budget. A removal without noise gives no formal "
-        "guarantee, and neither does any model after it (epsilon shows 'none').")
+explain("Outcome: what the numbers after the removal showed (forgotten, still recognised, "
+        "damaged or unchanged) and how many of the removed photos the model still recognised. "
+        "Guarantee: 'certified' only when every assumption of the noise bound held; then the "
+        "removal is (epsilon, delta)-forgetting, and removals compose by adding up their "
+        "epsilons and deltas. Without noise ('none'), or with noise the bound does not cover "
+        "('heuristic'), no epsilon is recorded and no model after it has a guarantee "
+        "(epsilon shows 'none').")
 
 st.subheader("Its lineage, every branch")
 st.markdown(f"Root model `{view.lineage[:16]}`: {view.lineage_cost.describe()}. This counts "

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from lcodec_app import attributions, charts
-from lcodec_app.panels import model_before, removal_chooser
+from lcodec_app.panels import model_before, removal_chooser, step_details
 from lcodec_app.widgets import explain, require_removal
 from lcodec_core.slices import sliced_modules
 from torch import nn
@@ -52,6 +52,15 @@ cols = st.columns(3)
 cols[0].metric("Slices selected", len(selected))
 cols[1].metric("Parameters touched", f"{result.parameters_updated:,}")
 cols[2].metric("Share of the model", f"{result.parameter_share:.2%}")
+
+if result.diagnostics.get("step"):
+    st.subheader("How far the selected slices moved")
+    step_details(result)
+    explain("The step rule sizes one update of the selected slices for this request. The null "
+            "control is the update the same recipe gives with nothing removed: 0% means every "
+            "bit of the change comes from the removed photos. The curvature compares the step "
+            "with the plain gradient of the forgotten photos: an angle near 0° and a length "
+            "ratio near 1 mean the curvature barely changed its direction or length.")
 
 layers = [(name, module.weight.shape[0]) for name, module in sliced_modules(bench.original)]
 layer_names = [name for name, _ in layers]
