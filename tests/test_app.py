@@ -1,9 +1,9 @@
 """The dashboard under Streamlit's AppTest harness: every page, the main flows, session isolation.
 
-Removals run with the dashboard's quick presets (lcodec_app/presets.py), on identities they
-remove reliably, five removals and one retraining in all, so the module stays within a few
-minutes on two CPU cores. Jobs run on threads in the app; ``finish`` waits for the session's
-job and reruns the script, as the page's polling fragment would.
+Removals run with the engine's default settings (``UnlearnConfig()``, which every page starts
+from), on identities it removes reliably, five removals and one retraining in all, so the
+module stays within a few minutes on two CPU cores. Jobs run on threads in the app; ``finish``
+waits for the session's job and reruns the script, as the page's polling fragment would.
 """
 from __future__ import annotations
 
@@ -43,7 +43,26 @@ def trained(trained_small_cnn):
 
 
 @pytest.fixture(scope="module")
-def removed(trained) -> AppTest:
+def engine_calls(trained):
+    """Every call the app makes to the engine's ``unlearn`` in this module: (args, kwargs)."""
+    from lcodec_app import engine
+    calls, real = [], engine.unlearn_fn
+
+    def spy():
+        unlearn = real()
+
+        def recorded(*args, **kwargs):
+            calls.append((args, kwargs))
+            return unlearn(*args, **kwargs)
+        return recorded
+
+    engine.unlearn_fn = spy
+    yield calls
+    engine.unlearn_fn = real
+
+
+@pytest.fixture(scope="module")
+def removed(trained, engine_calls) -> AppTest:
     """A session that followed the guided first removal of person FORGET_ID on Start here."""
     at = start_app({"identity": str(FORGET_ID)})
     at.button(key="start_run").click().run()
@@ -72,14 +91,76 @@ def test_url_carries_model_and_identity(trained):
     assert "identity" not in bad.query_params or bad.query_params["identity"] != "999"
 
 
-def test_guided_first_removal_forgets_the_person(removed, trained):
-    assert any("Removed identity" in s.value for s in removed.success)
-    assert metric(removed, "Forgotten photos") <= 0.5
-    assert metric(removed, "Retained photos") >= 0.95
-    assert removed.button(key="start_run").disabled  # this person is gone now
+def test_guided_first_removal_forgets_the_person(removed, trained, engine_calls):
+    from lcodec_core.config import UnlearnConfig
     bench = removed.session_state["workbench"]
     assert [r.request.identity for r in bench.history] == [FORGET_ID]
+    removal = bench.history[-1]
+    # The banner is the verdict read from the numbers: forgotten, with the accuracy it saw.
+    verdict = removal.verdict
+    assert verdict.status == "forgotten" and verdict.ok
+    assert [s.value for s in removed.success] == [verdict.headline]
+    assert f"Forgotten: person {FORGET_ID:02d} is no longer recognised (0%" in verdict.headline
+    assert not removed.warning
+    assert metric(removed, "Forgotten photos") <= 0.05
+    assert metric(removed, "Held-out, forgotten") <= 0.10
+    assert metric(removed, "Retained photos") >= 0.99 * removal.before["retain_accuracy"]
+    # The engine's default, with the held-out photos, and its guarantee label in words.
+    assert removal.config == UnlearnConfig()
+    (_, kwargs), = engine_calls[:1]
+    assert kwargs["held_out"] is bench.bundle.test
+    assert removal.result.guarantee == "none"
+    assert any("**Guarantee**: no noise, no guarantee." in m.value for m in removed.markdown)
+    step = removal.result.diagnostics["step"]
+    assert step["target_met"] and step["null_control"]["ratio"] == 0
+    details = next(m.value for m in removed.markdown if "Null control" in m.value)
+    assert "0.00% of this step's size" in details
+    assert "How much the curvature shaped the step" in details
+    assert f"{step['curvature_effect']['angle_deg']:.1f}°" in details
+    assert removed.button(key="start_run").disabled  # this person is gone now
     assert base_hash() == trained
+
+
+def test_presets_are_gone_and_every_page_starts_from_the_engine_default(trained):
+    import importlib.util
+
+    from lcodec_core.config import SOLVERS, UnlearnConfig
+    assert importlib.util.find_spec("lcodec_app.presets") is None
+    default = UnlearnConfig()
+    at = start_app()
+    for page, key in (("views/forget.py", "forget"), ("views/live_accuracy.py", "live")):
+        at.switch_page(page).run()
+        assert_clean(at)
+        assert at.number_input(key=f"{key}_m").value == default.num_perturbations
+        assert at.number_input(key=f"{key}_k").value == default.max_slices
+        assert at.number_input(key=f"{key}_rounds").value == default.step_rounds
+        assert at.selectbox(key=f"{key}_rule").value == default.step_rule == "target"
+        assert at.selectbox(key=f"{key}_solver").value == default.solver
+        assert at.selectbox(key=f"{key}_solver").options == [
+            at.selectbox(key=f"{key}_solver").format_func(s) for s in SOLVERS]
+        assert not at.toggle(key=f"{key}_noise").value
+        assert at.checkbox(key=f"{key}_wrecked").disabled  # only with noise on
+        assert not [n for n in at.number_input if n.key == f"{key}_steps"]  # Newton rule only
+        assert not [n for n in at.number_input if "subsample" in n.label.lower()
+                    or "Curvature from" in n.label]
+
+
+def test_newton_step_rule_keeps_the_settings_valid(trained):
+    at = start_app()
+    at.switch_page("views/forget.py").run()
+    assert at.selectbox(key="forget_solver").value == "fisher"
+    at.selectbox(key="forget_rule").set_value("newton").run()
+    assert_clean(at)
+    assert at.selectbox(key="forget_solver").value == "auto"  # fisher cannot iterate Newton
+    assert at.number_input(key="forget_steps").value == 5
+    assert not [n for n in at.number_input if n.key == "forget_rounds"]
+    at.selectbox(key="forget_solver").set_value("margin").run()  # picked by hand: still valid
+    assert_clean(at)
+    assert any("solver is 'auto' with this step rule" in c.value for c in at.caption)
+    at.toggle(key="forget_noise").set_value(True).run()          # noise on: a sigma warning
+    assert_clean(at)
+    assert any("This noise is large: sigma = " in w.value for w in at.warning)
+    assert not at.checkbox(key="forget_wrecked").disabled
 
 
 @pytest.mark.parametrize("page", NEEDS_REMOVAL)
@@ -154,7 +235,7 @@ def test_two_sessions_forget_at_once_then_undo_and_reset(trained):
     assert one.original is not two.original and one.current is not two.current
     assert one.current_hash != two.current_hash
     assert one.base_hash == two.base_hash == trained == base_hash()
-    assert any("Removed identity" in s.value for s in first.success)  # result in place
+    assert any(s.value.startswith("Forgotten: person") for s in first.success)  # result in place
     assert not start_app().session_state["workbench"].history  # a new session starts clean
 
     first.button(key="forget_undo").click().run()

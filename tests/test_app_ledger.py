@@ -1,12 +1,14 @@
 """The dashboard's deletion ledger under Streamlit's AppTest harness: a committed removal is
-recorded, the Ledger page shows it with the cumulative cost, and an unavailable ledger only
-warns. One removal in all (the quick preset of Start here), so the module stays short."""
+recorded with its guarantee and verdict, the Ledger page shows it with its outcome and the
+cumulative cost, a removal the engine refuses (harmful noise) is not recorded, and an
+unavailable ledger only warns. One committed removal in all (Start here, the engine's default)
+and one refused one, so the module stays short."""
 from __future__ import annotations
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest import FORGET_ID, JOB_TIMEOUT_S, assert_clean, start_app
+from apptest import FORGET_ID, JOB_TIMEOUT_S, OTHER_ID, assert_clean, start_app, wait_for_job
 from lcodec_app import records
 from lcodec_core.ledger import Ledger
 
@@ -60,7 +62,55 @@ def test_a_committed_removal_is_recorded_with_its_lineage(removed, ledger_path):
     assert row.identity == FORGET_ID and row.forget_indices == removal.request.forget_indices
     assert row.method == removal.config.method and row.sigma == removal.result.sigma
     assert row.metrics["unlearned"]["forget_accuracy"] == removal.after["forget_accuracy"]
+    # No noise: no guarantee, so no (epsilon, delta) is recorded; the verdict goes with it.
+    assert row.metrics["guarantee"] == removal.result.guarantee == "none"
+    assert row.epsilon is None and row.delta is None and not row.noised
+    assert row.metrics["verdict"] == removal.verdict.to_dict()
+    assert row.metrics["verdict"]["status"] == "forgotten"
     assert removed.session_state["ledger_warning"] is None
+
+
+def test_only_a_certified_removal_records_an_epsilon(removed):
+    """Heuristic noise has a sigma but no (epsilon, delta) in the ledger."""
+    import dataclasses
+
+    from lcodec_app.records import entry_for
+    bench = removed.session_state["workbench"]
+    removal = bench.history[-1]
+    noised = removal.config.with_(epsilon=5.0, delta=1e-6)
+    for guarantee, epsilon, delta in (("heuristic", None, None), ("certified", 5.0, 1e-6)):
+        result = dataclasses.replace(removal.result, config=noised, sigma=0.5, guarantee=guarantee)
+        entry = entry_for(bench, dataclasses.replace(removal, config=noised, result=result))
+        assert (entry.epsilon, entry.delta, entry.metrics["guarantee"]) == (epsilon, delta, guarantee)
+        assert entry.sigma == 0.5
+
+
+def test_harmful_noise_is_refused_with_an_error_and_no_record(removed, ledger_path):
+    """epsilon = 0.01 on the default model: the engine refuses the noise; the page says so as
+    an error (no success banner, no crash), and nothing is committed or recorded."""
+    from lcodec_core.unlearn import HarmfulNoiseError
+    at = start_app({"identity": str(OTHER_ID)})
+    at.switch_page("views/forget.py").run()
+    at.toggle(key="forget_noise").set_value(True).run()
+    at.number_input(key="forget_eps").set_value(0.01).run()
+    assert_clean(at)
+    warning = next(w.value for w in at.warning if "This noise is large" in w.value)
+    assert "Keep a wrecked model anyway" in warning
+    rows_before = len(Ledger(ledger_path).rows())
+    at.button(key="forget_run").click().run()
+    job = wait_for_job(at)
+    assert isinstance(job.error, HarmfulNoiseError)
+    at.run()
+    assert not at.exception
+    assert not at.success
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "was refused, and nothing was removed" in errors[0], errors
+    assert "epsilon=0.01" in errors[0]
+    bench = at.session_state["workbench"]
+    assert not bench.history and bench.current_hash == bench.base_hash
+    assert len(Ledger(ledger_path).rows()) == rows_before
+    at.switch_page(PAGE).run()
+    assert metric_value(at, "Removals behind this model") == "0"
 
 
 def test_ledger_page_shows_the_removal_and_no_guarantee(removed, ledger_path):
@@ -70,6 +120,11 @@ def test_ledger_page_shows_the_removal_and_no_guarantee(removed, ledger_path):
     assert metric_value(removed, "Cumulative epsilon") == "none"  # no noise: no guarantee
     table = removed.dataframe[0].value
     assert list(table["removed"]) == [f"identity {FORGET_ID} (8 photos)"]
+    assert list(table.columns[:6]) == ["id", "time (UTC)", "removed", "method", "outcome",
+                                       "guarantee"]
+    forgotten = removed.session_state["workbench"].history[-1].after["forget_accuracy"]
+    assert list(table["outcome"]) == [f"forgotten, {forgotten:.1%} recognised"]
+    assert list(table["guarantee"]) == ["none"] and table["epsilon"].isna().all()
     assert any("no guarantee: 1 of 1 removal" in m.value for m in removed.markdown)
 
     removed.switch_page("views/forget.py").run()                   # undo: the record stays,
