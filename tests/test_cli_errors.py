@@ -81,6 +81,11 @@ def test_fewer_than_three_perturbations():
     assert_one_error_line(result, "num_perturbations (m) must be >= 3; got 2")
 
 
+def test_newton_step_rule_with_the_fisher_solver():
+    result = run_cli("unlearn", "--forget-identity", "1", "--step-rule", "newton", "--solver", "fisher")
+    assert_one_error_line(result, "step_rule 'newton'", "solver 'auto', 'explicit' or 'cg'")
+
+
 def test_forget_index_that_is_not_a_number():
     assert_one_error_line(run_cli("unlearn", "--forget-index", "abc"))
 

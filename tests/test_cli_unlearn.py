@@ -49,9 +49,28 @@ def test_identity_is_forgotten_and_the_rest_kept(removal):
     assert report["unlearned"]["retain_accuracy"] >= 0.99 * report["original"]["retain_accuracy"]
 
 
+def test_report_has_the_default_step_guarantee_and_verdict(removal):
+    """Engine v2 defaults: the target step rule (a whole identity: rule removed_class), no noise
+    and so no guarantee, and a verdict read from the measured accuracies."""
+    _, report, _ = removal
+    settings = report["settings"]
+    assert (settings["step_rule"], settings["solver"], settings["rhs"]) == ("target", "fisher", "forget_gradient")
+    step = report["diagnostics"]["step"]
+    assert step["rule"] == "removed_class" and step["curvature"] == "fisher"
+    assert step["null_control"]["step_norm"] == 0.0
+    assert "newton" not in report["diagnostics"]
+    assert report["guarantee"] == "none" and report["guarantee_reasons"]
+    verdict = report["verdict"]
+    assert {"status", "ok", "headline", "advice"} <= set(verdict)
+    assert verdict["status"] in ("forgotten", "still_recognised", "damaged", "unchanged")
+    assert verdict["ok"] == (verdict["status"] == "forgotten")
+
+
 def test_summary_on_stdout_progress_on_stderr(removal):
     result, _, _ = removal
     assert "forget_accuracy" in result.stdout and "Removed identity 3" in result.stdout
+    assert "step: rule removed_class" in result.stdout
+    assert "guarantee: no noise, no guarantee" in result.stdout and "verdict: " in result.stdout
     assert "[  probe]" in result.stderr and "[ newton]" in result.stderr
 
 

@@ -230,21 +230,24 @@ def test_labels_outside_the_models_classes(problem):
             r"labels must be class indices in \[0, 3\)", "got labels 5..5")
 
 
-def test_a_non_finite_result_is_never_returned(problem, monkeypatch):
-    """If the Newton step went non-finite, unlearn raises instead of returning the model."""
+@pytest.mark.parametrize("step_rule, patched", [("target", "targeted_step"), ("newton", "block_newton")])
+def test_a_non_finite_result_is_never_returned(problem, monkeypatch, step_rule, patched):
+    """If the step went non-finite, unlearn raises instead of returning the model: the default
+    step (``targeted_step``) and the Newton iterations (``block_newton``) alike."""
     model, bundle = problem
     engine = importlib.import_module("lcodec_core.unlearn")  # the package re-exports the function
-    real = engine.block_newton
+    real = getattr(engine, patched)
 
-    def poisoned(objective, **kwargs):
-        v_new, report = real(objective, **kwargs)
+    def poisoned(*args, **kwargs):
+        v_new, report = real(*args, **kwargs)
         return torch.full_like(v_new, float("nan")), report
 
-    monkeypatch.setattr(engine, "block_newton", poisoned)
+    monkeypatch.setattr(engine, patched, poisoned)
+    config = FAST.with_(step_rule=step_rule, solver="fisher" if step_rule == "target" else "auto")
     request = make_request(bundle, identity=0)
     before = snapshot(model)
     with pytest.raises(FloatingPointError, match="non-finite values .* the original model is unchanged"):
-        unlearn(model, request.forget, request.retain, FAST, weight_decay=LAM)
+        unlearn(model, request.forget, request.retain, config, weight_decay=LAM)
     assert_unchanged(model, before)
 
 
