@@ -26,7 +26,7 @@ from .block import BlockObjective
 from .curvature import (ConjugateGradientCurvature, ExplicitCurvature, FisherCurvature,
                         curvature_effect)
 from .data import ImageDataset
-from .step_rule import StepProblem, build_target, choose_step
+from .step_rule import StepProblem, build_target, choose_step, log_losses
 
 
 def forget_gradient(objective: BlockObjective, forget: ImageDataset, n: int,
@@ -100,7 +100,7 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
                                       held_logits, held_targets)
     guard_boundary = None if guard_rows is None else [b[guard_rows] for b in held_boundary]
     smallest = curvature.smallest_eigenvalue
-    v, choices, rhs_first = v0, [], rhs
+    v, choices, rhs_first, last_progress = v0, [], rhs, float("-inf")
     for round_ in range(config.step_rounds):
         emit((round_ + 0.5) / config.step_rounds, f"round {round_ + 1}: choosing the step size")
         if round_:
@@ -121,8 +121,12 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
             block_norm=float(v0.norm()), rhs_norm=float(rhs.norm()), weight_decay=lam,
             smallest_damping=0.0 if smallest is None or smallest > 0.1 * lam else -smallest + lam)
         choice = choose_step(problem, target)
+        progress = float(log_losses(objective.logits(base + choice.step, forget_boundary),
+                                    forget_targets).mean())
+        if round_ and progress <= last_progress:
+            break     # a further round would not raise the forget loss: keep what we have
         choices.append(choice)
-        v = base + choice.step
+        v, last_progress = base + choice.step, progress
         if choice.target_met:
             break
         if choice.guard_limited:
@@ -153,5 +157,6 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
                          "ratio": float(grad_full.norm()) / max(float(g_forget.norm()), 1e-300)},
         "suffix_traced": objective.split.traced,
     }
+    choice = choices[-1]
     emit(1.0, f"step chosen by rule '{choice.rule}' (target {'met' if choice.target_met else 'not met'})")
     return v, report
