@@ -78,7 +78,6 @@ def face(bench: Workbench, identity: int) -> np.ndarray:
 
 SOLVER_LABELS = {
     "fisher": "fisher: curvature from per-sample gradients (fast for any layer)",
-    "margin": "margin: Fisher curvature of the logit margin",
     "auto": "auto: exact Hessian, explicit or CG by block size",
     "explicit": "explicit: the exact block Hessian (small blocks)",
     "cg": "cg: conjugate gradients on Hessian-vector products",
