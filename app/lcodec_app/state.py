@@ -17,6 +17,7 @@ import threading
 import streamlit as st
 
 from lcodec_core.data import DataBundle, load_dataset
+from lcodec_core.block import warm_up
 from lcodec_core.zoo_cache import cache_path, load_or_train
 from models import Checkpoint, default_recipe, state_hash
 
@@ -30,6 +31,7 @@ def shared_base(dataset: str, model: str) -> SharedBase:
     """The base checkpoint for (dataset, model), loaded once per server and never edited."""
     checkpoint, bundle = load_or_train(dataset, model)
     checkpoint.model.eval()
+    warm_up()   # the first vmap's one-time imports, paid at load rather than inside a removal
     return SharedBase(ModelKey(dataset, model), checkpoint, bundle, state_hash(checkpoint.model))
 
 
