@@ -54,6 +54,7 @@ class BlockObjective:
         if not rows:
             raise ValueError("the parameter block is empty: select at least one slice")
         self.weight_decay = float(weight_decay)
+        self.memory_budget = float(memory_budget)
         params = {k: v.detach() for k, v in model.named_parameters()}
         self.names = sorted(rows)
         device = next(model.parameters()).device
@@ -137,18 +138,28 @@ class BlockObjective:
         here on CPU.)"""
         return self.hvp_operator(v)(u)
 
-    def hvp_operator(self, v: torch.Tensor):
-        """u -> H(v) u, building the gradient graphs at v once and reusing them for every
-        product (conjugate gradient calls it many times at the same v)."""
-        graphs = list(self._gradient_graphs(v))
-        scale = 1.0 / len(self.curvature_rows)
+    def hvp_operator(self, v: torch.Tensor, graph_budget: float | None = None):
+        """u -> H(v) u by double backward, averaged over the curvature rows.
+
+        The gradient graphs at v are built once and reused for every product (conjugate
+        gradient calls it many times at the same v) while their estimated size (the suffix's
+        activations, about 8x the boundary tensors, twice for double backward) fits in
+        ``graph_budget`` bytes (default: the objective's ``memory_budget``); beyond it each
+        product rebuilds one batch's graph at a time, so memory stays bounded by one batch.
+        """
+        budget = self.memory_budget if graph_budget is None else graph_budget
+        rows = len(self.curvature_rows)
+        keep = 2 * 8 * 4 * self.boundary_numel * rows <= budget
+        graphs = list(self._gradient_graphs(v)) if keep else None
+        scale = 1.0 / rows
 
         def product(u: torch.Tensor) -> torch.Tensor:
             total = torch.zeros_like(v)
-            for w, g in graphs:
-                total += torch.autograd.grad(g, w, grad_outputs=u, retain_graph=True)[0]
+            for w, g in (graphs if keep else self._gradient_graphs(v)):
+                total += torch.autograd.grad(g, w, grad_outputs=u, retain_graph=keep)[0]
             return total * scale + self.weight_decay * u
 
+        product.keeps_graphs = keep
         return product
 
     def boundary_of(self, images: torch.Tensor) -> list[torch.Tensor]:
