@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
-from models import Checkpoint, Recipe
+from models import Checkpoint
 
 from .audit import audit_removal
 from .baselines import retrain
@@ -27,18 +28,15 @@ from .verdict import judge
 STATIONARY_HEAD_MAX = 1e-3   # |grad F| of the head above this: warn (a polished head is ~1e-6)
 
 
-def stationarity_of(checkpoint: Checkpoint, request: ForgetRequest) -> dict:
-    """|grad F(w*)| of the checkpoint (stored by training, else measured on forget + retain),
-    the head's part, and a warning when the head is far from its optimum."""
-    import torch
-
+def stationarity_of(checkpoint: Checkpoint, images, targets) -> dict:
+    """|grad F(w*)| of the checkpoint (stored by training, else measured on the training
+    ``images`` (n, C, H, W) and ``targets`` (n,)), the head's part, and a warning when the head
+    is far from its optimum (``lcodec polish`` fixes that)."""
     from models.stationarity import head_module, objective_gradient_norms
-    recipe = checkpoint.recipe
     stored = checkpoint.metadata.get("stationarity")
     if stored is None:
-        images = torch.cat([request.forget.images, request.retain.images])
-        targets = torch.cat([request.forget.targets, request.retain.targets])
-        stored = objective_gradient_norms(checkpoint.model, images, targets, recipe.weight_decay)
+        stored = objective_gradient_norms(checkpoint.model, images, targets,
+                                          checkpoint.recipe.weight_decay)
     head = head_module(checkpoint.model)
     prefix = f"{head[0]}." if head else None
     head_norm = sum(v ** 2 for k, v in stored["per_parameter"].items()
@@ -100,7 +98,8 @@ def run_removal(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetReque
         "guarantee_text": summary["guarantee_text"],
         "guarantee_reasons": summary["guarantee_reasons"],
         "changed": summary["changed"],
-        "stationarity": stationarity_of(checkpoint, request),
+        "stationarity": stationarity_of(checkpoint, torch.cat([request.forget.images, request.retain.images]),
+                                        torch.cat([request.forget.targets, request.retain.targets])),
         "timings": {**summary["timings"], "retrain_s": None},
         "selected_slices": summary["selected_slices"],
         "parameters_updated": summary["parameters_updated"],

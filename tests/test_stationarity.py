@@ -93,12 +93,13 @@ def test_removal_report_warns_on_a_far_from_stationary_checkpoint(trained_small_
     from lcodec_core.requests import make_request
     checkpoint, bundle = trained_small_cnn
     request = make_request(bundle, identity=3)
-    assert "warning" not in stationarity_of(checkpoint, request)
+    train = bundle.train
+    assert "warning" not in stationarity_of(checkpoint, train.images, train.targets)
     rough = copy.deepcopy(checkpoint.model)
     with torch.no_grad():
         rough.fc.weight.mul_(1.5)                                # far from the head's optimum
     metadata = {k: v for k, v in checkpoint.metadata.items() if k != "stationarity"}
-    measured = stationarity_of(Checkpoint(rough, metadata), request)
+    measured = stationarity_of(Checkpoint(rough, metadata), train.images, train.targets)
     assert measured["head_grad_norm"] > 1e-3 and "lcodec polish" in measured["warning"]
 
 

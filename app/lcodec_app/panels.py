@@ -154,3 +154,37 @@ def removal_chooser(bench: Workbench, key: str) -> tuple[int, Removal]:
 def model_before(bench: Workbench, position: int):
     """The model a removal started from."""
     return bench.history[position - 1].model if position > 0 else bench.original
+
+
+def stationarity_notice(bench: Workbench) -> None:
+    """Warn when the session's base model is far from a stationary point of its training
+    objective (an uploaded checkpoint whose head was never polished), and offer to polish it."""
+    import copy
+
+    from lcodec_core.removal import stationarity_of
+    from models import Checkpoint
+    from models.stationarity import polish_head
+
+    from . import state
+    cache = st.session_state.setdefault("stationarity_by_base", {})
+    train = bench.bundle.train
+    if bench.base_hash not in cache:
+        cache[bench.base_hash] = stationarity_of(Checkpoint(bench.original, bench.metadata),
+                                                 train.images, train.targets)
+    found = cache[bench.base_hash]
+    if not found.get("warning"):
+        return
+    st.warning(f"This model is far from a stationary point of its training objective (|grad F| = "
+               f"{found['grad_norm']:.2g}, of which the head {found['head_grad_norm']:.2g}). Part of "
+               "any update would then happen even with nothing removed. Polishing the head (the "
+               "last linear layer) to its optimum takes a few seconds and changes nothing else.",
+               icon=":material/warning:")
+    if st.button("Polish the head first", key="polish_head", disabled=bool(bench.history),
+                 help="Only before the first removal of this session."):
+        model = copy.deepcopy(bench.original)
+        polish = polish_head(model, train.images, train.targets, bench.weight_decay)
+        metadata = {k: v for k, v in bench.metadata.items() if k != "stationarity"}  # measured anew
+        state.use_upload(Checkpoint(model.eval(), metadata), bench.bundle)
+        st.toast(f"Head polished: |grad F| of the head {polish.get('grad_norm_before', 0):.2g} -> "
+                 f"{polish.get('grad_norm_after', 0):.2g}")
+        st.rerun()

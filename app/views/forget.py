@@ -3,7 +3,7 @@ import streamlit as st
 
 from lcodec_app import engine, state
 from lcodec_app.jobs import Job
-from lcodec_app.panels import history_table, result_panel
+from lcodec_app.panels import history_table, result_panel, stationarity_notice
 from lcodec_app.widgets import busy, explain, identity_picker, job_progress, settings_form, \
     show_job_error, thumbnails
 from lcodec_core.config import UnlearnConfig
@@ -16,6 +16,7 @@ st.title("Forget")
 st.markdown("Choose what the model should forget, adjust the settings if you like, and run. "
             "Each removal applies to this session's copy of the model; undo and reset bring "
             "earlier versions back.")
+stationarity_notice(bench)
 
 what = st.segmented_control("What to forget", ["A whole person", "Single photos"],
                             default="A whole person", required=True, key="forget_mode")
