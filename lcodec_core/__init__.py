@@ -1,18 +1,21 @@
 """lcodec: remove training samples from a trained classifier.
 
 L-FOCI (greedy selection with the randomized conditional dependence coefficient L-CODEC)
-picks the parameter slices that carry a sample; a block Newton step with calibrated noise
-removes it. This package is the engine: it never imports a UI library.
+picks the parameter slices that carry a sample; one step along the forget set's gradient on
+those slices, shaped by the retained data's curvature and sized per request, removes it
+(optionally with calibrated noise). This package is the engine: it never imports a UI library.
 """
 from .config import UnlearnConfig
 from .data import DataBundle, DataError, ImageDataset, load_dataset
 from .dependence import FociResult, codec, foci
+from .guarantee import GUARANTEES
 from .paths import lcodec_home
 from .requests import ForgetRequest, make_request
 from .result import SelectedSlice, UnlearnResult
-from .unlearn import unlearn
+from .unlearn import HarmfulNoiseError, unlearn
+from .verdict import Verdict, judge
 
 __all__ = ["DataBundle", "DataError", "ImageDataset", "load_dataset", "lcodec_home", "codec",
            "foci", "FociResult", "UnlearnConfig", "unlearn", "UnlearnResult", "SelectedSlice",
-           "ForgetRequest", "make_request"]
+           "ForgetRequest", "make_request", "GUARANTEES", "HarmfulNoiseError", "Verdict", "judge"]
 __version__ = "0.1.0"
