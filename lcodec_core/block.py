@@ -180,8 +180,10 @@ class BlockObjective:
             torch.empty(0, device=v.device)
 
     def per_sample_gradients(self, v: torch.Tensor, boundary: list[torch.Tensor] | None = None,
-                             targets: torch.Tensor | None = None, chunk: int = 64) -> torch.Tensor:
-        """G (M, p): row i is grad_v CE(f(x_i), y_i) at v, without the lam term.
+                             targets: torch.Tensor | None = None, chunk: int = 64,
+                             with_logits: bool = False):
+        """G (M, p): row i is grad_v CE(f(x_i), y_i) at v, without the lam term; with
+        ``with_logits`` also the logits (M, K) at v, which the same pass computes anyway.
 
         ``torch.func.vmap(grad(...))`` through the suffix, ``chunk`` rows at a time (bounded
         memory: one chunk's per-sample activations at once). Defaults to this objective's
@@ -194,14 +196,18 @@ class BlockObjective:
         def one_loss(w, target, *inputs):
             logits = functional_call(suffix, (self.params_with(w), buffers),
                                      tuple(x.unsqueeze(0) for x in inputs))         # (1, K)
-            return F.cross_entropy(logits, target.unsqueeze(0))
+            return F.cross_entropy(logits, target.unsqueeze(0)), logits[0].detach()
 
         in_dims = (None, 0) + (0,) * len(boundary)
-        per_sample = vmap(grad(one_loss), in_dims=in_dims)
+        per_sample = vmap(grad(one_loss, has_aux=True), in_dims=in_dims)
         w = v.detach()
         out = [per_sample(w, targets[i:i + chunk], *(b[i:i + chunk] for b in boundary))
                for i in range(0, len(targets), chunk)]
-        return torch.cat(out) if out else torch.zeros(0, self.size, dtype=v.dtype, device=v.device)
+        gradients = (torch.cat([g for g, _ in out]) if out else
+                     torch.zeros(0, self.size, dtype=v.dtype, device=v.device))
+        if not with_logits:
+            return gradients
+        return gradients, torch.cat([z for _, z in out]) if out else torch.zeros(0, 0)
 
     @property
     def boundary_numel(self) -> int:

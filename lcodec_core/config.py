@@ -15,6 +15,8 @@ class UnlearnConfig:
     method: str = "lfoci"            # one of METHODS; selection methods feed the block Newton step
     num_perturbations: int = 100     # m: perturbed copies of each forget image for probing
     perturbation_std: float = 0.1    # std of Gaussian input noise on the normalised image (paper: 0.1)
+    class_units: bool = True         # lfoci/top1: the output unit of a class removed entirely joins the block
+                                     # (retraining leaves it to weight decay alone; L-FOCI can miss it)
     probe_pooling: str = "pooled"    # "pooled": one L-FOCI on all forget images' probe rows; "per_image":
                                      # union of per-image selections (bench/bench_pooling.py compares them)
     max_slices: int = 4              # cap on L-FOCI's selection; later picks score near noise level and

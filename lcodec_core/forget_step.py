@@ -77,10 +77,18 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
     forget_targets = forget.targets.to(device)
     forget_rows = objective.per_sample_gradients(v0, forget_boundary, forget_targets)   # (k, p)
     g_forget = forget_gradient(objective, forget, n, per_sample=forget_rows)           # (p,)
-    curvature = block_curvature(objective, config.solver,
-                                explicit_max_params=config.explicit_max_params,
-                                cg_iterations=config.cg_iterations, cg_tolerance=config.cg_tolerance)
-    if getattr(curvature, "rows", None) == len(objective.targets):   # Fisher on every retained row
+    all_rows = len(objective.curvature_rows) == len(objective.targets)
+    if config.solver == "fisher" and all_rows:
+        # the per-sample pass also gives the retained logits at w*, for the guard's floor
+        per_sample, before_retain = objective.per_sample_gradients(v0, with_logits=True)
+        curvature = FisherCurvature(per_sample, lam)
+    else:
+        curvature = block_curvature(objective, config.solver,
+                                    explicit_max_params=config.explicit_max_params,
+                                    cg_iterations=config.cg_iterations,
+                                    cg_tolerance=config.cg_tolerance)
+        before_retain = objective.logits(v0)
+    if curvature.kind == "fisher" and all_rows:                       # Fisher on every retained row
         retain_mean = curvature.mean_gradient                             # mean_retained grad l
     else:
         retain_mean = objective.gradient(v0).double() - lam * v0.double()
@@ -89,7 +97,6 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
         rhs, control_rhs = g_forget, torch.zeros_like(g_forget)
     else:   # -grad F_r(w*) = g_U - n/(n-k) grad F(w*); with nothing removed: -grad F(w*)
         rhs, control_rhs = -(retain_mean + lam * v0.double()), -grad_full
-    before_retain = objective.logits(v0)
     held_boundary = held_logits = held_targets = None
     if held_out is not None and len(held_out):
         held_boundary = objective.boundary_of(held_out.images)
@@ -100,7 +107,7 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
                                       held_logits, held_targets)
     guard_boundary = None if guard_rows is None else [b[guard_rows] for b in held_boundary]
     smallest = curvature.smallest_eigenvalue
-    v, choices, rhs_first, last_progress = v0, [], rhs, float("-inf")
+    v, choices, rhs_first, last_progress, remeasured = v0, [], rhs, float("-inf"), False
     for round_ in range(config.step_rounds):
         emit((round_ + 0.5) / config.step_rounds, f"round {round_ + 1}: choosing the step size")
         if round_:
@@ -130,8 +137,9 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
         if choice.target_met:
             break
         if choice.guard_limited:
-            if curvature.kind != "fisher" or round_ == config.step_rounds - 1:
+            if curvature.kind != "fisher" or remeasured or round_ == config.step_rounds - 1:
                 break
+            remeasured = True   # once: each measurement costs as much as the first
             # The retained rows were fitted confidently at w*, so their curvature there barely
             # sees what breaks them; measured again where the guard stopped us, it does.
             curvature = FisherCurvature(objective.per_sample_gradients(v), lam)

@@ -79,3 +79,24 @@ def select_slices(probe: Probe, slices: list[SliceRef], method: str, *, max_slic
     chosen = [SelectedSlice(slices[c].module, slices[c].index, score, order)
               for order, (c, score) in enumerate(picked)]
     return chosen, info
+
+
+def removed_class_units(slices: list[SliceRef], forget_targets, retain_targets,
+                        num_outputs: int) -> list[SliceRef]:
+    """The output units of classes the request removes entirely (no retained photo left).
+
+    The model's head is its last Linear slice group with ``num_outputs`` units (row k scores
+    class k). A model retrained without any photo of class k leaves that unit to weight decay
+    alone, so it is where retraining changes the most; L-FOCI, which only sees perturbations
+    of the forget photos, can miss it. Returns [] when the head cannot be identified.
+    """
+    import torch
+    heads = [s.module for s in slices if s.kind == "linear"]
+    if not heads:
+        return []
+    head = heads[-1]
+    units = [s for s in slices if s.module == head]
+    if len(units) != num_outputs:
+        return []
+    removed = sorted(set(forget_targets.tolist()) - set(torch.unique(retain_targets).tolist()))
+    return [units[k] for k in removed if 0 <= k < num_outputs]

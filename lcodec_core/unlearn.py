@@ -36,7 +36,7 @@ from .newton import block_newton
 from .noise import add_noise, noise_sigma
 from .probing import probe
 from .result import SelectedSlice, UnlearnResult
-from .selection import select_slices
+from .selection import removed_class_units, select_slices
 from .slices import count_parameters, enumerate_slices, slice_parameter_rows
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,8 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
         selected, diagnostics["selection"] = select_slices(
             table, slices, method, max_slices=config.max_slices, seed=config.seed,
             pooling=config.probe_pooling)
+        if config.class_units and method in ("lfoci", "top1"):
+            selected = _with_class_units(model, selected, slices, forget, retain, diagnostics["selection"])
     timings["select_s"] = time.perf_counter() - tick
     _emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
     if not selected:
@@ -255,6 +257,20 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
     timings["newton_s"] = time.perf_counter() - tick
     diagnostics["changed"] = bool((v_new != objective.v0).any())
     return new_model, selected, rows, diagnostics
+
+
+def _with_class_units(model, selected, slices, forget, retain, info):
+    """``selected`` plus the output unit of every class the request removes entirely (see
+    :func:`.selection.removed_class_units`), appended with score NaN; ``info`` records them."""
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        outputs = copy.deepcopy(model).eval()(forget.images[:1].to(device)).shape[-1]
+    have = {(s.module, s.index) for s in selected}
+    added = [u for u in removed_class_units(slices, forget.targets, retain.targets, outputs)
+             if (u.module, u.index) not in have]
+    info["class_units_added"] = [u.label for u in added]
+    return selected + [SelectedSlice(u.module, u.index, float("nan"), len(selected) + i)
+                       for i, u in enumerate(added)]
 
 
 def _newton_iterations(objective, forget, retain, config, lam, on_progress):
