@@ -295,6 +295,57 @@ def test_checkpoint_that_is_not_a_checkpoint(sandbox):
     refused(lambda: load_uploaded_checkpoint(buffer.getvalue()), "format")
 
 
+def test_a_random_or_foreign_pt_file_is_refused_with_its_real_reason(sandbox):
+    """Issue 13: a file that is no lcodec checkpoint is refused for what it is, not as a
+    pickle of Python objects; a real pickle of Python objects keeps that reason."""
+    def reason(data):
+        message = refused(lambda: load_uploaded_checkpoint(data))
+        assert str(sandbox) not in message
+        return message
+
+    junk = np.random.default_rng(13).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    for data in (junk, b"hello, I am a text file\n" * 10):
+        message = reason(data)
+        assert "not a torch checkpoint" in message and "neither a zip archive" in message
+        assert "Python objects" not in message and "Nothing in it was executed" in message
+
+    buffer = io.BytesIO()
+    torch.save(torch.zeros(3), buffer)
+    tensor = buffer.getvalue()
+    message = reason(tensor)
+    assert "not an lcodec checkpoint" in message and "a tensor of shape (3,)" in message
+    assert "'format', 'state_dict', 'metadata'" in message and "Python objects" not in message
+
+    message = reason(tensor[: len(tensor) // 2])                     # a truncated torch file
+    assert "damaged zip archive" in message and "Python objects" not in message
+
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.zeros(2), "step": 3}, buffer)
+    message = reason(buffer.getvalue())
+    assert "missing the keys 'format', 'state_dict', 'metadata'" in message
+    assert "its keys: 'weights', 'step'" in message
+
+    buffer = io.BytesIO()
+    torch.save(torch.nn.Linear(2, 2).state_dict(), buffer)
+    assert "a bare state_dict (2 tensors)" in reason(buffer.getvalue())
+
+    message = reason(make_zip({"notes/readme.txt": b"hi"}))          # a zip, but not torch's
+    assert "no data.pkl" in message and "notes/readme.txt" in message
+
+    message = reason(pickle.dumps({"a": [1, 2, 3]}))                 # plain data, pickled
+    assert "plain Python pickle" in message and "Python objects" not in message
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_pickled_python_objects_keep_their_reason(sandbox, tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    data = pickle.dumps(WritesMarker(str(marker)), protocol=protocol)
+    message = refused(lambda: load_uploaded_checkpoint(data), "not a safe lcodec checkpoint",
+                      "holds Python objects other than tensors", "Nothing in it was executed")
+    assert "system" in message                                       # it names the object
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------- the page keeps working
 def test_the_page_refuses_hostile_uploads_and_keeps_working(trained_small_cnn, tmp_path):
     from apptest import start_app

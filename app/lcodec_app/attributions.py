@@ -36,6 +36,36 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
+def head_layer(model: nn.Module, num_classes: int) -> str | None:
+    """Name of the output layer: the last Linear with one output per class (``fc`` in the zoo
+    models), whose unit k is class k's score; None when there is none."""
+    heads = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and module.out_features == num_classes]
+    return heads[-1] if heads else None
+
+
+def units_by_layer(slices) -> dict[str, list[int]]:
+    """Selected slices (objects or dicts with ``module`` and ``index``) grouped by layer, in the
+    order the layers first appear, each layer's units sorted."""
+    found: dict[str, set[int]] = {}
+    for s in slices:
+        module, index = (s["module"], s["index"]) if isinstance(s, dict) else (s.module, s.index)
+        found.setdefault(module, set()).add(int(index))
+    return {module: sorted(units) for module, units in found.items()}
+
+
+def forgotten_photos(forget_indices, held_out_indices, count: int) -> list[tuple[str, int]]:
+    """``count`` photos of what was removed, as (split, index): about half held-out photos of
+    the person (``held_out_indices``, empty for single photos) and the rest removed training
+    photos; fewer only when both run out."""
+    forget_indices, held_out_indices = list(forget_indices), list(held_out_indices)
+    n_test = min(count // 2, len(held_out_indices))
+    n_train = min(count - n_test, len(forget_indices))
+    n_test = min(count - n_train, len(held_out_indices))
+    return ([("train", int(i)) for i in forget_indices[:n_train]]
+            + [("test", int(i)) for i in held_out_indices[:n_test]])
+
+
 def _check_images(images: torch.Tensor) -> None:
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")

@@ -20,6 +20,7 @@ BAR_LABELS = {  # two lines each, so the axis stays level on a phone
     "test_accuracy": "held-out<br>others",
     "forget_test_accuracy": "held-out<br>forgotten",
 }
+MISSING = "–"  # a number that does not exist (as lcodec_app.widgets.MISSING)
 MODEL_COLOURS = {"original": "#8c8c8c", "unlearned": "#d62728", "retrained": "#1f77b4"}
 LINE_COLOURS = {"forget_accuracy": "#d62728", "retain_accuracy": "#2ca02c",
                 "test_accuracy": "#1f77b4", "forget_test_accuracy": "#ff7f0e"}
@@ -28,6 +29,8 @@ LINE_COLOURS = {"forget_accuracy": "#d62728", "retain_accuracy": "#2ca02c",
 MAP_SCALE = [[stop, "rgb(%d, %d, %d)" % pcolors.hex_to_rgb(colour)]
              for stop, colour in pcolors.get_colorscale("Inferno")]
 DIFF_SCALE = "RdBu_r"
+BAR_TEXT_MIN_SIZE = 9  # px: bar labels smaller than this are hidden, never overlapped
+SCALES = ("shared", "one scale per row")  # colour scales of rows of attribution maps
 
 
 def _compact(fig: go.Figure, height: int, legend: bool = True) -> go.Figure:
@@ -45,20 +48,35 @@ def accuracy_bars(models: dict[str, dict], metrics=tuple(METRIC_LABELS)) -> go.F
         y = [values[m] * 100 if _finite(values[m]) else None for m in shown]
         fig.add_bar(name=name, x=[BAR_LABELS[m] for m in shown], y=y,
                     marker_color=MODEL_COLOURS.get(name), text=[_pct(v) for v in y],
-                    textposition="outside", cliponaxis=False)
+                    textposition="outside", textangle=0, constraintext="both",
+                    cliponaxis=False, hovertemplate="%{x}: %{y:.1f}%<extra>" + name + "</extra>")
     fig.update_yaxes(title="accuracy (%)", range=[0, 112])
     fig.update_xaxes(tickangle=0)
-    fig.update_layout(barmode="group", bargap=0.25)
+    # On a narrow screen a label wider than its bar would run into its neighbour's
+    # ("100%100%"): each label is kept within its own bar's width (constraintext), all at one
+    # size, and hidden (the value stays in the hover) rather than shrunk below a readable size.
+    fig.update_layout(barmode="group", bargap=0.25, bargroupgap=0.08,
+                      uniformtext=dict(minsize=BAR_TEXT_MIN_SIZE, mode="hide"))
     return _compact(fig, 330)
 
 
 def slice_grid(layers: list[tuple[str, int]], selected: list[dict],
-               highlight: tuple[str, int] | None = None) -> go.Figure:
+               highlight: tuple[str, int] | None = None,
+               unit_notes: dict[str, list[str]] | None = None) -> go.Figure:
     """Every slice as a cell, one row per layer; selected slices coloured by L-FOCI order.
 
     layers : (module name, number of output units) in forward order.
     selected : dicts with module, index, score, order (0 = chosen first).
+    unit_notes : module name -> one note per unit for the hover, e.g. the head's
+        "person 22's output unit".
     """
+    unit_notes = unit_notes or {}
+
+    def label(name: str, j: int) -> str:
+        notes = unit_notes.get(name)
+        note = f" ({notes[j]})" if notes is not None and j < len(notes) and notes[j] else ""
+        return f"{name}[{j}]{note}"
+
     width = max(count for _, count in layers)
     z = np.full((len(layers), width), np.nan)
     text = np.full((len(layers), width), "", dtype=object)
@@ -67,7 +85,7 @@ def slice_grid(layers: list[tuple[str, int]], selected: list[dict],
     for r, (name, count) in enumerate(layers):
         z[r, :count] = 0
         for j in range(count):
-            hover[r, j] = f"{name}[{j}]: not selected"
+            hover[r, j] = f"{label(name, j)}: not selected"
     order_count = max(len(selected), 1)
     for s in selected:
         r = row_of.get(s["module"])
@@ -76,8 +94,8 @@ def slice_grid(layers: list[tuple[str, int]], selected: list[dict],
         z[r, s["index"]] = 1 + (order_count - s["order"]) / order_count  # first chosen = darkest
         text[r, s["index"]] = str(s["order"] + 1)
         score = s.get("score")
-        score_txt = f"{score:.3f}" if _finite(score) else "n/a"
-        hover[r, s["index"]] = (f"{s['module']}[{s['index']}]: selected #{s['order'] + 1}, "
+        score_txt = f"{score:.3f}" if _finite(score) else MISSING
+        hover[r, s["index"]] = (f"{label(s['module'], s['index'])}: selected #{s['order'] + 1}, "
                                 f"score {score_txt}")
     colours = [[0.0, "#e8e8e8"], [0.499, "#e8e8e8"], [0.5, "#fdd0a2"], [1.0, "#a63603"]]
     fig = go.Figure(go.Heatmap(
@@ -118,6 +136,29 @@ def mosaic(weights: np.ndarray, input_shape: tuple[int, ...] | None = None) -> n
     out = np.full(math.ceil(flat.size / cols) * cols, np.nan, dtype=np.float32)
     out[:flat.size] = flat
     return out.reshape(-1, cols)
+
+
+def map_scales(rows: list[tuple[np.ndarray, np.ndarray]], scale: str = "shared"
+               ) -> list[tuple[tuple[float, float], float]]:
+    """Colour ranges for rows of (before, after) maps: one (value range, difference range)
+    per row, for :func:`image_panels`.
+
+    scale : "shared" (every row on the range of all of them, so rows compare: a weak row is
+        dark) or "one scale per row" (each row on its own range, so its pattern shows even
+        when another row is much stronger).
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
+    if not rows:
+        return []
+    per_row = [((_nanmin([b, a]), _nanmax([b, a])),
+                max(_nanmax([np.abs(np.asarray(a) - np.asarray(b))]), 1e-12)) for b, a in rows]
+    if scale == "one scale per row":
+        return [((lo, hi if hi > lo else lo + 1e-12), d) for (lo, hi), d in per_row]
+    lo = min(r[0][0] for r in per_row)
+    hi = max(r[0][1] for r in per_row)
+    d = max(r[1] for r in per_row)
+    return [((lo, hi if hi > lo else lo + 1e-12), d)] * len(rows)
 
 
 def image_panels(panels: list[tuple[str, np.ndarray, str]], height: int = 260,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 
 import numpy as np
 import streamlit as st
@@ -11,7 +13,7 @@ from lcodec_core.config import SOLVERS, UnlearnConfig
 from . import state
 from .engine import UNLEARN_PHASES
 from .jobs import Job
-from .workbench import Workbench
+from .workbench import DATASET_LABELS, ZOO, ModelKey, Workbench
 
 PHASE_LABELS = {"probe": "1. Probe: jiggle the photos and watch every slice",
                 "select": "2. Select: L-FOCI picks the slices that carry them",
@@ -26,8 +28,64 @@ def explain(text: str) -> None:
     st.caption(f":material/info: {text}")
 
 
+# One vocabulary on every page: a number that does not exist is MISSING; a removal (or a
+# model) without an (epsilon, delta) promise has NO_GUARANTEE, never "none", "n/a" or "inf".
+MISSING = "–"
+NO_GUARANTEE = "no guarantee"
+
+
 def pct(value) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.1%}"
+    """A fraction as a percentage, or MISSING when there is none (None, NaN, inf)."""
+    return MISSING if not _finite(value) else f"{value:.1%}"
+
+
+def number(value, fmt: str = ".3g") -> str:
+    """A number formatted with ``fmt``, or MISSING when there is none."""
+    return MISSING if not _finite(value) else format(float(value), fmt)
+
+
+def epsilon_text(epsilon) -> str:
+    """An epsilon for the page: NO_GUARANTEE when there is none (None, inf or NaN)."""
+    return NO_GUARANTEE if not _finite(epsilon) else f"{float(epsilon):.4g}"
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def person(identity: int, names: list[str] | None = None) -> str:
+    """How pages name a class: its name ("person 05" on Olivetti, a folder name on an upload),
+    else "person NN" (two digits)."""
+    if names is not None and 0 <= identity < len(names):
+        return names[identity]
+    return f"person {identity:02d}"
+
+
+def unit_owner(identity: int, names: list[str] | None = None) -> str:
+    """Whose output unit row ``identity`` of the head is: "person 22", "class 3" (MNIST)."""
+    name = person(identity, names)
+    return f"class {name}" if name.isdigit() else name
+
+
+def request_label(request, names: list[str] | None = None) -> str:
+    """A removal request in the pages' words: "person 05 (8 training photos)"."""
+    count = len(request.forget_indices)
+    photos = f"{count} training photo{'s' if count != 1 else ''}"
+    if request.identity is not None:
+        return f"{person(request.identity, names)} ({photos})"
+    shown = ", ".join(f"#{i}" for i in request.forget_indices[:10])
+    return f"{photos} ({shown}{', ...' if count > 10 else ''})"
+
+
+_IDENTITY = re.compile(r"\bidentity (\d+)\b")
+
+
+def people_words(text: str, names: list[str] | None = None) -> str:
+    """``text`` with "identity 5" (the engine's wording) said as the pages say it: "person 05"."""
+    return _IDENTITY.sub(lambda m: person(int(m.group(1)), names), text)
 
 
 def points(before, after) -> str | None:
@@ -38,7 +96,7 @@ def points(before, after) -> str | None:
 
 
 def identity_name(bench: Workbench, identity: int) -> str:
-    name = bench.class_names[identity]
+    name = person(identity, bench.class_names)
     return f"{name} (removed)" if identity in bench.removed_identities else name
 
 
@@ -188,9 +246,19 @@ def _phase_rows(box, job: Job, phases) -> None:
             continue
         done = last is not None and phases.index(phase) < phases.index(last)
         fraction = 1.0 if done or "done" in latest else float(event.get("fraction", 0.0))
-        message = event.get("message", "") if event else ""
+        message = _session_words(event.get("message", "")) if event else ""
         box.progress(min(max(fraction, 0.0), 1.0),
                     text=f"{PHASE_LABELS.get(phase, phase)}: {'done' if done else message}")
+
+
+def _session_words(text: str) -> str:
+    """``text`` in the pages' words, with the session's class names."""
+    bench = st.session_state.get("workbench")
+    return people_words(str(text), bench.class_names if bench is not None else None)
+
+
+def _job_label(job: Job) -> str:
+    return _session_words(job.label)
 
 
 @st.fragment(run_every=0.5)
@@ -202,7 +270,7 @@ def job_progress(kinds: tuple[str, ...]) -> None:
     if job.done:
         st.rerun(scope="app")
     # Not a `with` block: leaving one marks the status complete while the job still runs.
-    box = st.status(f"{job.label} ({job.elapsed_s:.0f} s)", expanded=True, state="running")
+    box = st.status(f"{_job_label(job)} ({job.elapsed_s:.0f} s)", expanded=True, state="running")
     if job.kind == "unlearn":
         _phase_rows(box, job, list(UNLEARN_PHASES))
     elif job.kind in ("retrain", "train"):
@@ -214,7 +282,7 @@ def job_progress(kinds: tuple[str, ...]) -> None:
         inner = [e for p, e in latest.items() if p not in ("step", "reference")]
         if inner:
             event = max(inner, key=lambda e: e.get("step", 0))
-            box.caption(f"now: {event.get('message', '')}")
+            box.caption(f"now: {_session_words(event.get('message', ''))}")
     if job.stop_requested:
         box.caption("stopping at the next checkpoint...")
     else:
@@ -229,7 +297,7 @@ def job_badge() -> None:
         return
     if job.done:
         st.rerun(scope="app")
-    st.caption(f":material/hourglass_top: {job.label}... ({job.elapsed_s:.0f} s)")
+    st.caption(f":material/hourglass_top: {_job_label(job)}... ({job.elapsed_s:.0f} s)")
 
 
 def show_job_error(kind: str) -> None:
@@ -251,3 +319,66 @@ def require_removal(bench: Workbench) -> bool:
 def busy() -> bool:
     job = state.current_job()
     return job is not None and not job.done
+
+
+# Bad URL parameters ---------------------------------------------------------------------------
+
+def url_problems(params: Mapping, class_names: list[str] | None = None) -> list[str]:
+    """What is wrong with the URL's ``dataset``, ``model`` and ``identity``, in words that name
+    the bad value and what is valid (empty when nothing is). Pure: ``params`` is any mapping
+    (``st.query_params``); ``class_names`` are the classes of the model the session loaded (the
+    fallback one when the data set was bad), needed to check the identity's range."""
+    problems = []
+    dataset, model, identity = (params.get(k) for k in ("dataset", "model", "identity"))
+    key = ModelKey.parse(dataset, model)
+    if dataset is not None and dataset != key.dataset:
+        problems.append(f"The link's dataset={dataset} does not exist here; showing "
+                        f"{DATASET_LABELS.get(key.dataset, key.dataset)} instead. Valid: "
+                        + " or ".join(f"dataset={d}" for d in ZOO) + ".")
+    if model is not None and model != key.model:
+        problems.append(f"The link's model={model} is not offered for {key.dataset}; showing "
+                        f"{key.model} instead. Valid for {key.dataset}: "
+                        + " or ".join(f"model={m}" for m in ZOO[key.dataset]) + ".")
+    if identity is not None:
+        try:
+            value = int(identity)
+        except (TypeError, ValueError):
+            value = None
+        count = len(class_names) if class_names is not None else None
+        valid = (f"identity=0 to identity={count - 1} ({person(0, class_names)} to "
+                 f"{person(count - 1, class_names)})" if count else "a class number")
+        if value is None:
+            problems.append(f"The link's identity={identity} is not a number, so it is ignored. "
+                            f"Valid: {valid}.")
+        elif count is not None and not 0 <= value < count:
+            problems.append(f"The link's identity={identity} names no one this model knows (it "
+                            f"knows {count} classes), so it is ignored. Valid: {valid}.")
+    return problems
+
+
+def url_warnings(class_names: list[str] | None = None) -> list[str]:
+    """:func:`url_problems` of this page's URL (``st.query_params``)."""
+    return url_problems(st.query_params, class_names)
+
+
+URL_WARNINGS_KEY = "url_warnings"
+
+
+def show_url_warnings(bench: Workbench) -> None:
+    """Say what was wrong with the URL the session was opened with, until dismissed.
+
+    Checks the URL once per session, on its first run (before ``state.sync_url`` rewrites a
+    bad URL to what the session shows); call it on every run, after ``state.workbench``.
+    """
+    messages = st.session_state.get(URL_WARNINGS_KEY)
+    if messages is None:
+        messages = st.session_state[URL_WARNINGS_KEY] = url_warnings(bench.class_names)
+    if not messages:
+        return
+    for message in messages:
+        st.warning(message, icon=":material/link_off:")
+
+    def dismiss():
+        st.session_state[URL_WARNINGS_KEY] = []
+
+    st.button("OK", key="url_warnings_ok", on_click=dismiss, type="tertiary")

@@ -5,7 +5,8 @@ import streamlit as st
 from lcodec_app import charts, engine, report, state
 from lcodec_app.jobs import Job
 from lcodec_app.panels import guarantee_text, removal_chooser, verdict_banner
-from lcodec_app.widgets import busy, explain, job_progress, pct, require_removal, show_job_error
+from lcodec_app.widgets import (MISSING, NO_GUARANTEE, busy, explain, job_progress, number, pct,
+                                request_label, require_removal, show_job_error)
 
 bench = st.session_state.workbench
 
@@ -25,7 +26,7 @@ if removal.retrained is None:
     st.button("Retrain from scratch for comparison", type="primary", icon=":material/model_training:",
               key="audit_retrain", disabled=busy(),
               on_click=lambda: state.start_job(Job(
-                  "retrain", f"Retraining without {removal.label}",
+                  "retrain", f"Retraining without {request_label(removal.request, bench.class_names)}",
                   engine.retrain_work(bench, removal), payload={"removal": removal})))
     explain("Trains the same architecture with the same recipe on the retained photos only "
             "(as long as the model's first training).")
@@ -48,10 +49,10 @@ if removal.audit is not None:
     st.subheader("Could an attacker tell the photos were used?")
     names = [n for n in ("original", "unlearned", "retrained") if n in audit]
     st.dataframe(pd.DataFrame({n: {
-        "loss attack AUC": f"{audit[n]['mia_auc']:.3f}",
+        "loss attack AUC": number(audit[n]["mia_auc"], ".3f"),
         "MIA-efficacy (called non-member)": pct(audit[n]["mia_efficacy"]),
-        "‖gradient‖ on retained data": f"{audit[n]['residual_grad_norm']:.3g}",
-        "‖gradient‖ of the forgotten photos": f"{audit[n]['forget_grad_norm']:.3g}",
+        "‖gradient‖ on retained data": number(audit[n]["residual_grad_norm"]),
+        "‖gradient‖ of the forgotten photos": number(audit[n]["forget_grad_norm"]),
     } for n in names}), column_config={"_index": st.column_config.TextColumn("measure")})
     explain("A membership-inference attack guesses from the model's outputs whether a photo "
             "was in the training set. The loss attack's AUC is 0.5 when the removed photos look "
@@ -64,10 +65,12 @@ if removal.audit is not None:
         f"{n}: {measure}": audit[n][key]
         for n in ("original", "unlearned") for measure, key in
         (("KL", "kl_to_retrained"), ("L1", "l1_to_retrained"))})
-    st.dataframe(distances.map(lambda v: f"{v:.3g}"), column_config={"_index": st.column_config.TextColumn("data")})
+    st.dataframe(distances.map(number), column_config={"_index": st.column_config.TextColumn("data")})
     cols = st.columns(2)
-    cols[0].metric("Weights: original vs retrained", f"{audit['original']['weight_distance']:.3f}")
-    cols[1].metric("Weights: unlearned vs retrained", f"{audit['unlearned']['weight_distance']:.3f}")
+    cols[0].metric("Weights: original vs retrained",
+                   number(audit["original"]["weight_distance"], ".3f"))
+    cols[1].metric("Weights: unlearned vs retrained",
+                   number(audit["unlearned"]["weight_distance"], ".3f"))
     explain("How far each model's predicted probabilities are from the retrained model's, on "
             "the removed photos, the kept training photos and held-out photos (0 = identical). "
             "Unlearning should shrink the distance on the removed photos without growing it "
@@ -78,10 +81,12 @@ st.subheader("Cost")
 cols = st.columns(4)
 unlearn_s = result.timings.get("unlearn_s", 0.0)
 cols[0].metric("Unlearning time", f"{unlearn_s:.1f} s")
-cols[1].metric("Retraining time", f"{removal.retrain_s:.1f} s" if removal.retrain_s else "not run",
-               help="Wall time of retraining from scratch on this machine.")
+cols[1].metric("Retraining time", f"{removal.retrain_s:.1f} s" if removal.retrain_s else MISSING,
+               help="Wall time of retraining from scratch on this machine "
+                    f"('{MISSING}' until the model is retrained above).")
 cols[2].metric("Speed-up", f"{removal.retrain_s / max(unlearn_s, 1e-9):.1f}x"
-               if removal.retrain_s else "n/a")
+               if removal.retrain_s else MISSING, help="Retraining time over unlearning time "
+               f"('{MISSING}' until the model is retrained above).")
 cols[3].metric("Parameters updated", f"{result.parameters_updated:,}",
                f"{result.parameter_share:.2%} of the model", delta_color="off", delta_arrow="off")
 
@@ -93,10 +98,10 @@ cols[0].metric("sigma of this removal", f"{result.sigma:.3g}",
                help="Standard deviation of the Gaussian noise added to the updated weights.")
 cols[1].metric("epsilon, delta of this removal",
                f"{removal.config.epsilon:g}, {removal.config.delta:.0e}" if removal.certified
-               else "none", help="Only a certified removal has an (epsilon, delta); see the "
-                                 "guarantee above.")
+               else NO_GUARANTEE, help="Only a certified removal has an (epsilon, delta); see "
+                                       "the guarantee above.")
 cols[2].metric("Spent by the session (all removals)",
-               "no guarantee" if epsilon is None else f"{epsilon:g}, {delta:.0e}")
+               NO_GUARANTEE if epsilon is None else f"{epsilon:g}, {delta:.0e}")
 explain("A removal is (epsilon, delta)-forgetting in the sense of Sekhari et al. (2021) only "
         "when it is certified: one full Newton step on a strongly convex model with noise on "
         "every weight. Noise anywhere else is a heuristic: it blurs, it promises nothing. Totals "

@@ -6,7 +6,8 @@ import streamlit as st
 
 from lcodec_app import charts, engine, state
 from lcodec_app.jobs import Job
-from lcodec_app.widgets import busy, explain, job_progress, settings_form, show_job_error
+from lcodec_app.widgets import (busy, explain, job_progress, number, pct, people_words,
+                                settings_form, show_job_error)
 from lcodec_core.config import UnlearnConfig
 
 bench = st.session_state.workbench
@@ -82,10 +83,18 @@ def live_chart() -> None:
         st.warning(f"Stopped after {len(rows) - 1} removal(s).", icon=":material/stop_circle:")
     if rows:
         table = pd.DataFrame(rows)
-        st.dataframe(table.rename(columns=charts.METRIC_LABELS), hide_index=True,
-                     column_config={c: st.column_config.NumberColumn(format="percent")
-                                    for c in charts.METRIC_LABELS.values()}
-                     | {"seconds": st.column_config.NumberColumn(format="%.1f")})
+        # The pages' words: "person 05" (the engine says "identity 5"), and "–" for a number
+        # that does not exist (held-out photos of a removed person when photos were removed).
+        if "removed" in table:
+            table["removed"] = [("nothing yet" if r == "(none)"
+                                 else people_words(str(r), bench.class_names))
+                                for r in table["removed"]]
+        for column in charts.METRIC_LABELS:
+            if column in table:
+                table[column] = [pct(v) for v in table[column]]
+        if "seconds" in table:
+            table["seconds"] = [number(v, ".1f") for v in table["seconds"]]
+        st.dataframe(table.rename(columns=charts.METRIC_LABELS), hide_index=True)
 
 
 live_chart()

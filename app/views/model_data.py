@@ -5,7 +5,7 @@ import streamlit as st
 
 from lcodec_app import state, uploads
 from lcodec_app.jobs import Job
-from lcodec_app.widgets import busy, explain, face, job_progress, pct, show_job_error
+from lcodec_app.widgets import busy, explain, face, job_progress, pct, points, show_job_error
 from lcodec_app.workbench import DATASET_LABELS, MODEL_LABELS, ZOO, ModelKey
 from models import accuracy, default_recipe, train
 
@@ -97,7 +97,7 @@ cols[3].metric("Parameters", f"{sum(p.numel() for p in bench.original.parameters
 if bench.history:
     now = accuracy(bench.current, bundle.test.images, bundle.test.targets)
     st.metric("Held-out accuracy of this session's model (all people)", pct(now),
-              f"{(now - meta.get('test_accuracy', now)) * 100:+.1f} pts",
+              points(meta.get("test_accuracy"), now),
               help="After the removals of this session: it drops partly because the removed "
                    "people's held-out photos are now (rightly) misrecognised.")
 explain("Training accuracy is on the photos the model learned from; held-out accuracy on "

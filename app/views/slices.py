@@ -7,7 +7,7 @@ import streamlit as st
 
 from lcodec_app import attributions, charts
 from lcodec_app.panels import model_before, removal_chooser, step_details
-from lcodec_app.widgets import explain, require_removal
+from lcodec_app.widgets import MISSING, explain, number, require_removal, unit_owner
 from lcodec_core.slices import sliced_modules
 from torch import nn
 
@@ -64,10 +64,35 @@ if result.diagnostics.get("step"):
 
 layers = [(name, module.weight.shape[0]) for name, module in sliced_modules(bench.original)]
 layer_names = [name for name, _ in layers]
+# The output layer's unit k is class k's score: "fc[22] is person 22's output unit".
+head = attributions.head_layer(bench.original, bundle.num_classes)
+
+
+def unit_note(layer: str, unit: int) -> str:
+    return f"{unit_owner(unit, bench.class_names)}'s output unit" if layer == head else ""
+
+
+def unit_label(layer: str, unit: int) -> str:
+    note = unit_note(layer, unit)
+    return f"{layer}[{unit}]" + (f" ({note})" if note else "")
+
+
+def head_caption(units) -> None:
+    """Say whose output unit each listed unit of the head is (nothing when none is listed)."""
+    units = sorted(set(units))
+    if head is None or not units:
+        return
+    shown = units[:6]
+    st.caption(f":material/info: {head} is the output layer: unit k gives the score of class k. "
+               + "; ".join(f"{head}[{k}] is {unit_note(head, k)}" for k in shown)
+               + ("; and so on." if len(units) > len(shown) else "."))
+
 
 if selected:
     table = pd.DataFrame([{"order": s["order"] + 1, "layer": s["module"], "unit": s["index"],
-                           "score": s["score"]} for s in selected]).sort_values("order")
+                           "what it is": unit_note(s["module"], s["index"]),
+                           "score": number(s["score"], ".4f")}
+                          for s in selected]).sort_values("order")
     options = [(s["module"], s["index"]) for s in sorted(selected, key=lambda s: s["order"])]
 else:
     table = None
@@ -81,22 +106,26 @@ with st.expander("Inspect any slice, not only the selected ones"):
         count = dict(layers)[layer]
         unit = st.number_input("Unit", 0, count - 1, 0, key="slices_unit")
         chosen = (layer, int(unit))
+        if layer == head:
+            head_caption([int(unit)])
 if not (any_slice or not options):
     chosen = st.selectbox("Slice to inspect", options, key="slices_pick",
-                          format_func=lambda o: f"#{options.index(o) + 1}: {o[0]}[{o[1]}]")
+                          format_func=lambda o: f"#{options.index(o) + 1}: {unit_label(*o)}")
 
 st.subheader("All slices, layer by layer")
-st.plotly_chart(charts.slice_grid(layers, selected, highlight=chosen), key="slices_grid",
-                config={"displayModeBar": False})
+notes = {head: [unit_note(head, k) for k in range(dict(layers)[head])]} if head else None
+st.plotly_chart(charts.slice_grid(layers, selected, highlight=chosen, unit_notes=notes),
+                key="slices_grid", config={"displayModeBar": False})
 explain("Each cell is one filter or neuron; each row a layer (its size in brackets). Orange "
         "cells were selected, numbered in the order L-FOCI picked them (darker = earlier). Grey "
         "cells were left exactly as they were. The blue box is the slice shown below.")
 if table is not None:
     st.dataframe(table, hide_index=True, column_config={
-        "score": st.column_config.NumberColumn(format="%.4f",
-                                               help="L-CODEC dependence when the slice was added")})
+        "score": st.column_config.TextColumn(help="L-CODEC dependence when the slice was added "
+                                                  f"({MISSING} when the method gives none)")})
     explain("Score: how much the loss on the jiggled forgotten photos depends on this slice "
             "once the earlier ones are known (conditional dependence, 0 = none).")
+    head_caption(s["index"] for s in selected if s["module"] == head)
 
 layer, unit = chosen
 module_before = dict(before_model.named_modules())[layer]
@@ -105,13 +134,22 @@ w_before = module_before.weight.detach()[unit].numpy()
 w_after = module_after.weight.detach()[unit].numpy()
 input_shape = linear_input_layout(before_model, layer)
 
-st.subheader(f"Weights of {layer}[{unit}]")
+st.subheader(f"Weights of {unit_label(layer, unit)}")
 mosaic_before = charts.mosaic(w_before, input_shape)
 mosaic_after = charts.mosaic(w_after, input_shape)
-st.plotly_chart(charts.image_panels([("before", mosaic_before, "map"),
-                                     ("after", mosaic_after, "map"),
-                                     ("change", mosaic_after - mosaic_before, "diff")], height=300),
-                key="slices_weights", theme=None, config={"displayModeBar": False})
+# One chart per mosaic, each in a column: side by side on a wide screen and, on a narrow one,
+# stacked with each as wide as the screen (rather than three thumbnails in one row).
+weights_range = (float(np.nanmin([mosaic_before, mosaic_after])),
+                 float(np.nanmax([mosaic_before, mosaic_after])))
+change = mosaic_after - mosaic_before
+for column, (title, array, kind) in zip(st.columns(3), [
+        ("before", mosaic_before, "map"), ("after", mosaic_after, "map"),
+        ("change", change, "diff")]):
+    with column:
+        st.plotly_chart(charts.image_panels([(title, array, kind)], height=300,
+                                            value_range=weights_range),
+                        key=f"slices_weights_{title}", theme=None, width="stretch",
+                        config={"displayModeBar": False})
 changed = not np.array_equal(w_before, w_after)
 explain(("The filter's weights before and after the removal on one colour scale, and their "
          "change (red up, blue down). " if w_before.ndim == 3 else
