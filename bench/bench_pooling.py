@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lcodec_core.block import warm_up  # noqa: E402
 from lcodec_core.config import UnlearnConfig  # noqa: E402
 from lcodec_core.removal import run_removal  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     checkpoint, bundle = load_or_train("olivetti", "small_cnn")
+    warm_up()
     rows = {p: [] for p in POOLINGS}
     load_start = os.getloadavg()[0]
     for identity in args.identities:
