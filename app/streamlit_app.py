@@ -23,6 +23,8 @@ st.set_page_config(page_title="lcodec: machine unlearning", page_icon=":material
 
 PAGES = [
     st.Page("views/start.py", title="Start here", icon=":material/school:", default=True),
+    st.Page("views/how_it_works.py", title="How it works", icon=":material/lightbulb:",
+            url_path="how-it-works"),
     st.Page("views/model_data.py", title="Model and data", icon=":material/dataset:",
             url_path="model"),
     st.Page("views/forget.py", title="Forget", icon=":material/person_remove:"),
