@@ -104,6 +104,16 @@ class StepChoice:
                 "chosen": asdict(chosen) if chosen is not None else None}
 
 
+def target_status(step: dict) -> str:
+    """One plain sentence on a step report's target (``StepChoice.report()`` keys)."""
+    if step.get("target_met"):
+        return "met."
+    if step.get("guard_limited"):
+        return ("not met; the step stopped where the kept or held-out photos would have "
+                "started to suffer (the guard).")
+    return "not met."
+
+
 def log_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log of the per-sample cross-entropy, (M,) float64 (floored at 1e-12)."""
     losses = F.cross_entropy(logits.double(), targets, reduction="none")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tiny import CLASSES, TinyNet, make_dataset  # noqa: F401
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import DataBundle, ImageDataset
 from lcodec_core.evaluation import evaluate
@@ -31,7 +32,6 @@ from lcodec_core.verdict import Verdict, judge
 from models import accuracy
 
 LAM = 1e-2
-CLASSES = ["a", "b", "c"]
 CONFIG = UnlearnConfig(num_perturbations=20)
 CERTIFIABLE = UnlearnConfig(method="full-newton", step_rule="newton", newton_steps=1,
                             rhs="forget_gradient", solver="explicit", noise_on="all")
@@ -41,20 +41,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 # ---------------------------------------------------------------- models and data
-class TinyNet(nn.Module):
-    """(B, 1, 4, 4) -> flatten (16) -> fc1 (6) -> relu -> fc2 (3)."""
-
-    def __init__(self):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(16, 6)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(self.flatten(x))))
-
-
 class SoftmaxRegression(nn.Module):
     """A single nn.Linear after nn.Flatten: cross-entropy + lam |w|^2 is strongly convex."""
 
@@ -82,15 +68,6 @@ class InertBlock(nn.Module):
     def forward(self, x):
         flat = x.flatten(1)
         return flat @ self.projection + 0.0 * self.fc(flat)
-
-
-def make_dataset(n: int, seed: int = 0) -> ImageDataset:
-    """n images (1, 4, 4) whose mean depends on the class (3 classes, 1.5 apart)."""
-    generator = torch.Generator().manual_seed(seed)
-    targets = torch.arange(n) % 3
-    centres = 1.5 * torch.randn(3, 1, 4, 4, generator=generator)
-    images = centres[targets] + torch.randn(n, 1, 4, 4, generator=generator)
-    return ImageDataset(images, targets, CLASSES, [f"img{i}" for i in range(n)])
 
 
 def fit(model: nn.Module, data: ImageDataset, steps: int = 300) -> nn.Module:

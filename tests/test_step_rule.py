@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tiny import CLASSES, TinyNet, make_dataset  # noqa: F401
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import ImageDataset
 from lcodec_core.step_rule import (RULES, StepProblem, StepTarget, build_target, choose_step,
@@ -29,7 +30,6 @@ from lcodec_core.unlearn import unlearn
 from models import accuracy
 
 LAM = 1e-2
-CLASSES = ["a", "b", "c"]
 CONFIG = UnlearnConfig(num_perturbations=20)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
@@ -161,29 +161,6 @@ def test_build_target_splits_removed_classes_from_scattered_photos():
 
 
 # ---------------------------------------------------------------- a tiny network, end to end
-class TinyNet(nn.Module):
-    """(B, 1, 4, 4) -> flatten (16) -> fc1 (6) -> relu -> fc2 (3)."""
-
-    def __init__(self):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(16, 6)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(self.flatten(x))))
-
-
-def make_dataset(n: int, seed: int = 0) -> ImageDataset:
-    """n images (1, 4, 4) whose mean depends on the class (3 classes, 1.5 apart)."""
-    generator = torch.Generator().manual_seed(seed)
-    targets = torch.arange(n) % 3
-    centres = 1.5 * torch.randn(3, 1, 4, 4, generator=generator)
-    images = centres[targets] + torch.randn(n, 1, 4, 4, generator=generator)
-    return ImageDataset(images, targets, CLASSES, [f"img{i}" for i in range(n)])
-
-
 def fit(data: ImageDataset, steps: int = 300) -> nn.Module:
     """A seeded TinyNet trained by full-batch Adam on mean CE + coupled L2 (lam = LAM)."""
     torch.manual_seed(0)

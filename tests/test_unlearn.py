@@ -17,6 +17,7 @@ from torch import nn
 from torch.autograd.functional import hessian as autograd_hessian
 from torch.nn import functional as F
 
+from tiny import CLASSES, TinyNet, make_dataset  # noqa: F401
 from lcodec_core.config import METHODS, UnlearnConfig
 from lcodec_core.data import ImageDataset
 from lcodec_core.noise import noise_sigma
@@ -26,7 +27,6 @@ from lcodec_core.unlearn import unlearn
 from models import Recipe, accuracy, build_model, train
 
 LAM = 1e-2
-CLASSES = ["a", "b", "c"]
 FAST = dict(num_perturbations=20, newton_steps=3)   # small probe, few Newton steps
 # The pre-v2 update: damped Newton iterations with an Armijo line search on the retained
 # objective F_r. Tests of that iteration's own properties (F_r does not increase,
@@ -39,29 +39,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 # ---------------------------------------------------------------- tiny model and data
-class TinyNet(nn.Module):
-    """(B, 1, 4, 4) -> flatten (16) -> fc1 (6) -> relu -> fc2 (3)."""
-
-    def __init__(self):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(16, 6)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(self.flatten(x))))
-
-
-def make_dataset(n: int, seed: int = 0, dtype=torch.float32) -> ImageDataset:
-    """n images (1, 4, 4) whose mean depends on the class (3 classes, 1.5 apart)."""
-    generator = torch.Generator().manual_seed(seed)
-    targets = torch.arange(n) % 3
-    centres = 1.5 * torch.randn(3, 1, 4, 4, generator=generator)
-    images = (centres[targets] + torch.randn(n, 1, 4, 4, generator=generator)).to(dtype)
-    return ImageDataset(images, targets, CLASSES, [f"img{i}" for i in range(n)])
-
-
 def fit(model_cls, data: ImageDataset, steps: int = 300, lr: float = 3e-2) -> nn.Module:
     """A seeded ``model_cls()`` trained by full-batch Adam on mean CE + coupled L2 (lam = LAM),
     as the zoo trains; returned in eval mode."""

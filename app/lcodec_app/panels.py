@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from lcodec_core.guarantee import GUARANTEES
+from lcodec_core.step_rule import target_status
 
 from . import charts
 from .widgets import explain, pct, points
@@ -78,13 +79,7 @@ def step_details(result) -> None:
         return
     lines = [f"- **Rule**: {step.get('rule_text', step.get('rule', 'n/a'))}; damping "
              f"{_number(step.get('damping'))}."]
-    if step.get("target_met"):
-        lines.append("- **Target**: met.")
-    elif step.get("guard_limited"):
-        lines.append("- **Target**: not met; the step stopped where the kept or held-out photos "
-                     "would have started to suffer (the guard).")
-    else:
-        lines.append("- **Target**: not met.")
+    lines.append(f"- **Target**: {target_status(step)}")
     rounds = step.get("rounds") or []
     if len(rounds) > 1:
         lines.append(f"- **Rounds**: {len(rounds)} steps, each from where the last one ended.")

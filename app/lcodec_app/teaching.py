@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 from torch import nn
 from torch.nn import functional as F
 
+from lcodec_core.step_rule import target_status
 from lcodec_core.dependence import STOP_REASONS, codec
 from lcodec_core.guarantee import GUARANTEES
 from lcodec_core.slices import ActivationRecorder, enumerate_slices
@@ -326,13 +327,7 @@ def step_lines(step: dict) -> list[str]:
                  f"means a shorter, more cautious step"
                  + (f". It took {len(rounds)} rounds, each starting where the last ended "
                     f"(mu per round: {dampings})." if len(rounds) > 1 else "."))
-    if step.get("target_met"):
-        lines.append("- **The target**: met.")
-    elif step.get("guard_limited"):
-        lines.append("- **The target**: not met. The step stopped where the kept or held-out "
-                     "photos would have started to suffer (the guard).")
-    else:
-        lines.append("- **The target**: not met.")
+    lines.append(f"- **The target**: {target_status(step)}")
     control = step.get("null_control") or {}
     ratio = control.get("ratio")
     zero = ratio == 0
