@@ -56,6 +56,7 @@ except (DataError, CheckpointError, OSError) as error:
     st.stop()
 
 bench = state.workbench(base)
+widgets.show_url_warnings(bench)   # ?identity=999 or ?dataset=foo: say so, once per session
 finished = state.collect_finished_job(bench)
 if finished is not None and finished.kind == "train" and finished.error is None:
     st.rerun()  # the session now works on the model trained on its upload
