@@ -117,14 +117,15 @@ def test_ledger_page_shows_the_removal_and_no_guarantee(removed, ledger_path):
     removed.switch_page(PAGE).run()
     assert_clean(removed)
     assert metric_value(removed, "Removals behind this model") == "1"
-    assert metric_value(removed, "Cumulative epsilon") == "none"  # no noise: no guarantee
+    assert metric_value(removed, "Cumulative epsilon") == "no guarantee"  # no noise
     table = removed.dataframe[0].value
-    assert list(table["removed"]) == [f"identity {FORGET_ID} (8 photos)"]
+    assert list(table["removed"]) == [f"person {FORGET_ID:02d} (8 photos)"]
     assert list(table.columns[:6]) == ["id", "time (UTC)", "removed", "method", "outcome",
                                        "guarantee"]
     forgotten = removed.session_state["workbench"].history[-1].after["forget_accuracy"]
     assert list(table["outcome"]) == [f"forgotten, {forgotten:.1%} recognised"]
-    assert list(table["guarantee"]) == ["none"] and table["epsilon"].isna().all()
+    assert list(table["guarantee"]) == ["no noise, no guarantee"]
+    assert list(table["epsilon"]) == ["no guarantee"]
     assert any("no guarantee: 1 of 1 removal" in m.value for m in removed.markdown)
 
     removed.switch_page("views/forget.py").run()                   # undo: the record stays,
