@@ -4,7 +4,7 @@
 
 with, by default (``rhs="forget_gradient"``), the removal-specific right-hand side
     b = g_U = (1/(n-k)) sum_{i in U} [grad l(w*, z_i) + lam w*]
-(ALGORITHM.md section 4; the paper's w' = w + H'^-1 grad f / (n-1) for k = 1), curvature H from
+(the paper's Algorithm 1: w' = w + H'^-1 grad f / (n-1) for k = 1), curvature H from
 :mod:`.curvature` (empirical Fisher of the block over the retained rows by default), and mu
 chosen per request by :mod:`.step_rule`.
 
