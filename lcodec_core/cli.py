@@ -270,7 +270,8 @@ def cmd_audit(args) -> int:
 
 def _print_summary(report: dict) -> None:
     columns = ["original", "unlearned"] + (["retrained"] if "retrained" in report else [])
-    print(f"Removed {report['request']['description']} from {report['model']} on {report['dataset']} "
+    # the verdict line at the end says whether it was forgotten; this line only names the request
+    print(f"Request: forget {report['request']['description']} from {report['model']} on {report['dataset']} "
           f"with {report['settings']['method']}")
     print(f"{'accuracy':<22}" + "".join(f"{c:>11}" for c in columns))
     for key in ("retain_accuracy", "forget_accuracy", "test_accuracy", "forget_test_accuracy"):

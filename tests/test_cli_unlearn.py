@@ -68,7 +68,7 @@ def test_report_has_the_default_step_guarantee_and_verdict(removal):
 
 def test_summary_on_stdout_progress_on_stderr(removal):
     result, _, _ = removal
-    assert "forget_accuracy" in result.stdout and "Removed identity 3" in result.stdout
+    assert "forget_accuracy" in result.stdout and "Request: forget identity 3" in result.stdout
     assert "step: rule removed_class" in result.stdout
     assert "guarantee: no noise, no guarantee" in result.stdout and "verdict: " in result.stdout
     assert "[  probe]" in result.stderr and "[ newton]" in result.stderr
