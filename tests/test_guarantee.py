@@ -11,16 +11,14 @@
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import math
 
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from tiny import CLASSES, TinyNet, make_dataset  # noqa: F401
+from tiny import assert_state_equal, CLASSES, fit_adam, make_dataset, state_copy, TinyNet  # noqa: F401
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import DataBundle, ImageDataset
 from lcodec_core.evaluation import evaluate
@@ -72,28 +70,12 @@ class InertBlock(nn.Module):
 
 def fit(model: nn.Module, data: ImageDataset, steps: int = 300) -> nn.Module:
     """Full-batch Adam on mean CE + coupled L2 (lam = LAM), seeded; returned in eval mode."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2, weight_decay=LAM)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(model(data.images), data.targets).backward()
-        optimizer.step()
-    return model.eval()
+    return fit_adam(model, data, LAM, steps)
 
 
 def seeded(model_cls):
     torch.manual_seed(0)
     return model_cls()
-
-
-def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(model.state_dict())
-
-
-def assert_state_equal(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    current = model.state_dict()
-    assert current.keys() == state.keys()
-    for name, value in state.items():
-        assert torch.equal(current[name], value), f"{name} changed"
 
 
 @pytest.fixture(scope="module")
@@ -356,13 +338,8 @@ def test_harmless_noise_passes_when_the_highest_class_is_removed(removed_class):
     images = (1.5 * torch.randn(3, 1, 4, 4, generator=generator))[targets] + \
         torch.randn(45, 1, 4, 4, generator=generator)
     data = ImageDataset(images, targets, ["a", "b", "c"], [str(i) for i in range(45)])
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2, weight_decay=1e-2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        F.cross_entropy(model(images), targets).backward()
-        optimizer.step()
-    model.eval()
+    model = fit_adam(nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3)),
+                     data, 1e-2)
     forget = data.subset([i for i in range(45) if targets[i] == removed_class])
     retain = data.subset([i for i in range(45) if targets[i] != removed_class])
     result = unlearn(model, forget, retain, UnlearnConfig(num_perturbations=20, epsilon=1e9),

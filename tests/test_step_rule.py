@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tiny import CLASSES, TinyNet, make_dataset  # noqa: F401
+from tiny import CLASSES, fit_adam, make_dataset, TinyNet  # noqa: F401
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import ImageDataset
 from lcodec_core.step_rule import (RULES, StepProblem, StepTarget, build_target, choose_step,
@@ -165,12 +165,7 @@ def fit(data: ImageDataset, steps: int = 300) -> nn.Module:
     """A seeded TinyNet trained by full-batch Adam on mean CE + coupled L2 (lam = LAM)."""
     torch.manual_seed(0)
     model = TinyNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2, weight_decay=LAM)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(model(data.images), data.targets).backward()
-        optimizer.step()
-    return model.eval()
+    return fit_adam(model, data, LAM, steps)
 
 
 @pytest.fixture(scope="module")

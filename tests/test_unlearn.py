@@ -17,7 +17,7 @@ from torch import nn
 from torch.autograd.functional import hessian as autograd_hessian
 from torch.nn import functional as F
 
-from tiny import CLASSES, TinyNet, make_dataset  # noqa: F401
+from tiny import assert_state_equal, CLASSES, fit_adam, make_dataset, state_copy, TinyNet  # noqa: F401
 from lcodec_core.config import METHODS, UnlearnConfig
 from lcodec_core.data import ImageDataset
 from lcodec_core.noise import noise_sigma
@@ -44,12 +44,7 @@ def fit(model_cls, data: ImageDataset, steps: int = 300, lr: float = 3e-2) -> nn
     as the zoo trains; returned in eval mode."""
     torch.manual_seed(0)
     model = model_cls()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=LAM)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(model(data.images), data.targets).backward()
-        optimizer.step()
-    return model.eval()
+    return fit_adam(model, data, LAM, steps, lr)
 
 
 def retained_objective(model: nn.Module, retain: ImageDataset, lam: float = LAM) -> float:
@@ -63,17 +58,6 @@ def retained_objective(model: nn.Module, retain: ImageDataset, lam: float = LAM)
 def mean_loss(model: nn.Module, data: ImageDataset) -> float:
     with torch.no_grad():
         return float(F.cross_entropy(model(data.images), data.targets))
-
-
-def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(model.state_dict())
-
-
-def assert_state_equal(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    current = model.state_dict()
-    assert current.keys() == state.keys()
-    for name, value in state.items():
-        assert torch.equal(current[name], value), f"{name} changed"
 
 
 def block_mask(model: nn.Module, selected: list[SelectedSlice]) -> dict[str, torch.Tensor]:
