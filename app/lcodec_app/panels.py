@@ -1,8 +1,6 @@
 """Larger page sections used on more than one page: a removal's result and the history."""
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import streamlit as st
 
@@ -10,6 +8,7 @@ from lcodec_core.guarantee import GUARANTEES
 from lcodec_core.step_rule import target_status
 
 from . import charts
+from .teaching import number
 from .widgets import explain, pct, points
 from .workbench import Removal, Workbench
 
@@ -63,14 +62,6 @@ def guarantee_text(result) -> str:
     return text
 
 
-def _number(value, fmt: str = ".3g") -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return format(value, fmt) if math.isfinite(value) else "n/a"
-
-
 def step_details(result) -> None:
     """How the step was chosen, in plain words: the rule, its target, the null control and
     how much the curvature shaped the step. Nothing for a removal without a targeted step."""
@@ -78,7 +69,7 @@ def step_details(result) -> None:
     if not step:
         return
     lines = [f"- **Rule**: {step.get('rule_text', step.get('rule', 'n/a'))}; damping "
-             f"{_number(step.get('damping'))}."]
+             f"{number(step.get('damping'))}."]
     lines.append(f"- **Target**: {target_status(step)}")
     rounds = step.get("rounds") or []
     if len(rounds) > 1:
@@ -86,16 +77,16 @@ def step_details(result) -> None:
     control = step.get("null_control") or {}
     ratio = control.get("ratio")
     lines.append(f"- **Null control**: the same update with nothing removed is "
-                 f"{_number(ratio, '.2%')} of this step's size"
+                 f"{number(ratio, '.2%')} of this step's size"
                  + (" (it comes from the removal alone)." if ratio == 0 else
                     " (this part would move the model even if nothing were removed)."))
     effect = step.get("curvature_effect") or {}
     angle, norm_ratio = effect.get("angle_deg"), effect.get("norm_ratio")
-    little = (_number(angle, ".1f") != "n/a" and float(angle) < 5
+    little = (number(angle, ".1f") != "n/a" and float(angle) < 5
               and abs(float(norm_ratio or 0) - 1) < 0.1)
-    lines.append(f"- **How much the curvature shaped the step**: {_number(angle, '.1f')}° "
+    lines.append(f"- **How much the curvature shaped the step**: {number(angle, '.1f')}° "
                  f"between this step and the plain forget gradient, length ratio "
-                 f"{_number(norm_ratio, '.2f')}"
+                 f"{number(norm_ratio, '.2f')}"
                  + (": little, the step size (damping) did most of the work." if little else
                     ": the curvature turned or rescaled the step."))
     st.markdown("\n".join(lines))
