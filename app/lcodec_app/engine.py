@@ -75,8 +75,8 @@ def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnCo
 
     def work(report: Report) -> Removal:
         report({"phase": "probe", "fraction": 0.0, "message": "measuring accuracy before"})
-        before = evaluate(model, bundle, request)
-        original_metrics = evaluate(original, bundle, request)
+        before = workbench.metrics(model, hash_before, request)
+        original_metrics = workbench.metrics(original, workbench.base_hash, request)
         result = locked_unlearn(model, request, config, report, weight_decay,
                                 held_out_photos(bundle))
         after = evaluate(result.model, bundle, request)

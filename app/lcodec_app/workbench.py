@@ -14,6 +14,7 @@ from torch import nn
 
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import DataBundle
+from lcodec_core.evaluation import evaluate
 from lcodec_core.requests import ForgetRequest
 from lcodec_core.result import UnlearnResult
 from lcodec_core.verdict import Verdict, judge
@@ -110,6 +111,7 @@ class Workbench:
     metadata: dict
     original: nn.Module
     history: list[Removal] = field(default_factory=list)
+    _metrics: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_base(cls, base: SharedBase) -> "Workbench":
@@ -141,6 +143,19 @@ class Workbench:
     @property
     def class_names(self) -> list[str]:
         return list(self.bundle.classes)
+
+    def metrics(self, model: nn.Module, model_digest: str, request: ForgetRequest) -> dict:
+        """:func:`lcodec_core.evaluation.evaluate` of ``model`` on ``request``, remembered by
+        (model hash, request): a page redraw or a removal's "before" does not run the same
+        0.4 s of forward passes again. ``model_digest`` must be ``model``'s :func:`model_hash`.
+        """
+        key = (model_digest, request.identity, tuple(request.forget_indices),
+               len(request.retain_indices))
+        if key not in self._metrics:
+            if len(self._metrics) > 64:
+                self._metrics.clear()
+            self._metrics[key] = evaluate(model, self.bundle, request)
+        return dict(self._metrics[key])
 
     def push(self, removal: Removal) -> None:
         if removal.hash_before != self.current_hash:

@@ -7,7 +7,6 @@ from lcodec_app.panels import result_panel
 from lcodec_app.widgets import explain, face, identity_picker, job_progress, pct, show_job_error, \
     thumbnails
 from lcodec_core.config import UnlearnConfig
-from lcodec_core.evaluation import evaluate
 from lcodec_core.requests import make_request
 
 bench = st.session_state.workbench
@@ -39,7 +38,7 @@ with st.container(border=True):
     explain(f"These {len(forget_indices)} training photos of {bench.class_names[identity]} "
             "are what the model will forget.")
     if identity not in bench.removed_identities:
-        now = evaluate(bench.current, bundle, make_request(
+        now = bench.metrics(bench.current, bench.current_hash, make_request(
             bundle, identity=identity, already_removed=bench.removed_indices))
         cols = st.columns(2)
         cols[0].metric("Their photos recognised now", pct(now["forget_accuracy"]),
