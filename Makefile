@@ -24,6 +24,7 @@ demo: $(STAMP)
 		--server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: $(STAMP)
+	$(PY) tests/find_chromium.py
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

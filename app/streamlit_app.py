@@ -57,6 +57,10 @@ except (DataError, CheckpointError, OSError) as error:
 
 bench = state.workbench(base)
 widgets.show_url_warnings(bench)   # ?identity=999 or ?dataset=foo: say so, once per session
+widgets.show_session_notice()      # after a reload: what was restored, or that it was lost
+# Streamlit's "Stop" in the header stops drawing the page, not a job: the jobs' own Stop is
+# the one Stop (widgets.stop_control), so the header's is hidden.
+st.html("<style>[data-testid='stStatusWidget'] {visibility: hidden;}</style>")
 finished = state.collect_finished_job(bench)
 if finished is not None and finished.kind == "train" and finished.error is None:
     st.rerun()  # the session now works on the model trained on its upload
@@ -70,9 +74,12 @@ with st.sidebar:
                f"· model {bench.current_hash[:10]}")
     if widgets.busy():
         widgets.job_badge()
-    st.caption("Your changes are private to this browser tab; the shared model is never edited.")
+    st.caption("Your changes are private to this browser tab and survive a reload (for 30 "
+               "minutes after the tab closes); the shared model is never edited.")
 
 try:
     page.run()
 finally:  # also after st.stop() or a rerun: the URL shows what the page just chose
     state.sync_url()
+    state.save_session()
+widgets.fold_sidebar_when_narrow(page.url_path)

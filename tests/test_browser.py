@@ -3,7 +3,12 @@
 The server runs as a subprocess on a free port with the test session's LCODEC_HOME (where
 ``trained_small_cnn`` has already cached the default model) and is awaited on its
 ``/_stcore/health`` endpoint. Screenshots (desktop 1280x800 and phone 390x844) go to
-``test-output/``. Skipped where Chromium or Playwright is missing.
+``test-output/``. Where no Chromium is found the tests fail with what to install
+(tests/find_chromium.py); they are never skipped, so a green suite always includes them.
+
+Journeys: the guided first removal (it forgets, and the forgotten accuracy is shown), Stop
+with its confirmation, a reload mid-removal (the session comes back), bad URLs, a link whose
+session is gone, and the narrow (phone) layout.
 """
 from __future__ import annotations
 
@@ -22,7 +27,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app" / "streamlit_app.py"
 OUTPUT = REPO / "test-output"
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FORGET_ID = 5
@@ -30,9 +34,9 @@ STARTUP_TIMEOUT_S = 90
 REMOVAL_TIMEOUT_S = 300
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-sync_api = pytest.importorskip("playwright.sync_api")
-if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+from playwright import sync_api  # noqa: E402  (in requirements.txt)
+
+from find_chromium import HOW_TO, chromium_path  # noqa: E402
 
 
 def free_port() -> int:
@@ -84,8 +88,12 @@ def server(trained_small_cnn, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    executable = chromium_path()
+    if executable is None:
+        pytest.fail(f"no Chromium to drive: {HOW_TO} (`make test` tries to get one first)",
+                    pytrace=False)
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
@@ -181,4 +189,84 @@ def test_first_removal_journey(server, browser):
     narrow(page)
     settle(page)
     page.screenshot(path=OUTPUT / "before-after-narrow.png")
+    page.close()
+
+
+def sidebar_text(page) -> str:
+    return page.locator('[data-testid="stSidebar"]').inner_text(timeout=30_000)
+
+
+def test_reload_mid_removal_brings_the_session_back(server, browser):
+    """A reload while the removal runs: the new page adopts the job, commits its result and
+    shows it; the URL keeps the same session token."""
+    OUTPUT.mkdir(exist_ok=True)
+    identity = 7
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server}/?identity={identity}")
+    button = page.get_by_role("button", name=f"Forget person {identity:02d}")
+    button.wait_for(timeout=60_000)
+    page.wait_for_function("() => new URL(location.href).searchParams.get('session')",
+                           timeout=30_000)
+    token = re.search(r"session=([\w-]+)", page.url).group(1)
+    button.click()
+    page.get_by_text("Forgetting person").first.wait_for(timeout=30_000)   # the job runs
+    page.reload()
+    page.get_by_text(f"Forgotten: person {identity:02d} is no longer recognised").wait_for(
+        timeout=REMOVAL_TIMEOUT_S * 1000)
+    assert "This session: 1 removal" in sidebar_text(page)
+    assert f"session={token}" in page.url
+    assert metric_value(page, "Forgotten photos") <= 0.5
+    settle(page)
+    page.screenshot(path=OUTPUT / "reload-restored.png")
+    page.close()
+
+
+def test_stop_asks_then_stops_and_says_what_it_left(server, browser):
+    OUTPUT.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server}/live")
+    start = page.get_by_role("button", name=re.compile(r"Start$"))
+    start.wait_for(timeout=60_000)
+    start.click()
+    page.get_by_role("button", name=re.compile(r"Stop$")).click(timeout=60_000)
+    page.get_by_text("Nothing it has done so far is kept").or_(
+        page.get_by_text("Removals finished so far stay in the chart")).first.wait_for(
+        timeout=30_000)
+    page.screenshot(path=OUTPUT / "stop-confirm.png")
+    page.get_by_role("button", name="Yes, stop").click()
+    page.get_by_text(re.compile(r"Stopped 'Removing 4 one after another' after \d+ s: \d "
+                                r"removals? (had|has) finished")).wait_for(timeout=120_000)
+    assert "This session: 0 removals" in sidebar_text(page)   # Live accuracy works on a copy
+    settle(page)
+    page.screenshot(path=OUTPUT / "stop-confirmed.png")
+    page.close()
+
+
+@pytest.mark.parametrize("query, words", [
+    ("identity=999", "names no one this model knows"),
+    ("dataset=foo", "does not exist here"),
+    ("session=not-a-real-session", "is gone"),
+])
+def test_bad_or_stale_links_say_what_is_wrong(server, browser, query, words):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server}/?{query}")
+    page.get_by_text(words).first.wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Make a model forget a person").wait_for(timeout=60_000)
+    page.close()
+
+
+def test_narrow_layout_folds_the_sidebar_after_navigation(server, browser):
+    OUTPUT.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 420, "height": 844})
+    page.goto(server)
+    page.get_by_role("heading", name="Make a model forget a person").wait_for(timeout=60_000)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.wait_for(state="hidden", timeout=10_000)         # folded on a phone from the start
+    page.locator('[data-testid="stExpandSidebarButton"]').click()
+    sidebar.wait_for(state="visible", timeout=10_000)
+    page.get_by_role("link", name="Forget").first.click()
+    page.wait_for_url("**/forget*", timeout=30_000)
+    sidebar.wait_for(state="hidden", timeout=10_000)         # folded again after choosing a page
+    settle(page)
+    page.screenshot(path=OUTPUT / "forget-narrow.png")
     page.close()

@@ -9,10 +9,14 @@ Session-state keys (all owned here):
     job_errors     {kind: message} of the last failed job of that kind
     custom_base    a SharedBase built from this session's uploads (private to the session)
     ledger_warning why the last committed removal could not be recorded in the ledger, if so
+    job_notes      {kind: message} of the last job the user stopped (the confirmation)
+    session_token  this tab's key in the server's SessionStore (``?session=`` in the URL)
+    session_notice ("restored" | "lost", message) once, after a reload (see lcodec_app.sessions)
 """
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 
 import streamlit as st
@@ -24,7 +28,10 @@ from models import Checkpoint, default_recipe, state_hash
 
 from . import records
 from .jobs import Job
+from .sessions import SessionStore, start_sweeper
 from .workbench import ModelKey, SharedBase, Workbench
+
+log = logging.getLogger(__name__)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -100,17 +107,79 @@ def train_base(key: ModelKey, on_progress) -> None:
             load_or_train(key.dataset, key.model, on_progress=on_progress)
 
 
+# What a tab keeps across a reload (see lcodec_app.sessions).
+PARKED_KEYS = ("model_key", "identity", "workbench", "custom_base", "job", "finished",
+               "job_errors", "job_notes")
+
+
+@st.cache_resource(show_spinner=False)
+def session_store() -> SessionStore:
+    """The server's one SessionStore, with its sweeper thread (cancels closed tabs' jobs)."""
+    store = SessionStore(_is_active_session)
+    start_sweeper(store, on_stop=lambda labels: log.info("closed tab: stopped %s", labels))
+    return store
+
+
+def _is_active_session(session_id: str) -> bool:
+    """Whether the Streamlit session ``session_id`` is connected (True without a server, as
+    under AppTest, where no tab can close)."""
+    from streamlit import runtime
+    return not runtime.exists() or runtime.get_instance().is_active_session(session_id)
+
+
+def _session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    context = get_script_run_ctx()
+    return context.session_id if context is not None else "local"
+
+
 def init_session() -> None:
-    """Read the shared view from the URL once per session."""
+    """Once per Streamlit session: adopt the work of the tab this one reloads (the URL's
+    ``session=``), or read the shared view from the URL and start afresh."""
     state = st.session_state
     if "model_key" in state:
         return
     params = st.query_params
+    token = params.get("session")
+    store = session_store()
+    restored = store.adopt(token, _session_id()) if token else None
+    if restored is not None:
+        state.update(restored)
+        state.session_token = token
+        state.session_notice = ("restored", restored_message(restored))
+        return
+    if token and not store.knows(token):
+        state.session_notice = ("lost", LOST_MESSAGE)
+    state.session_token = SessionStore.new_token()
     state.model_key = ModelKey.parse(params.get("dataset"), params.get("model"))
     state.identity = _parse_int(params.get("identity"))
     state.job = None
     state.finished = {}
     state.job_errors = {}
+    state.job_notes = {}
+
+
+LOST_MESSAGE = ("The work of the tab this link comes from is gone (the server restarted, or "
+                "the tab was closed more than 30 minutes ago): its removals were lost. The "
+                "shared model was never changed; you start again from it here.")
+
+
+def restored_message(values: dict) -> str:
+    bench, job = values.get("workbench"), values.get("job")
+    count = len(bench.history) if bench is not None else 0
+    words = f"Restored this tab's session after the reload: {count} removal{'s' if count != 1 else ''}"
+    if job is not None and not job.done:
+        words += f", and '{job.label}' is still running"
+    return words + "."
+
+
+def save_session() -> None:
+    """Park this tab's work in the server's store under its token (every script run)."""
+    state = st.session_state
+    token = state.get("session_token")
+    if token:
+        session_store().save(token, _session_id(),
+                             {k: state[k] for k in PARKED_KEYS if k in state})
 
 
 def _parse_int(value) -> int | None:
@@ -130,7 +199,9 @@ def sync_url() -> None:
     wanted = {"dataset": key.dataset, "model": key.model}
     if st.session_state.identity is not None:
         wanted["identity"] = str(st.session_state.identity)
-    current = {k: st.query_params.get(k) for k in ("dataset", "model", "identity")}
+    if st.session_state.get("session_token"):
+        wanted["session"] = st.session_state.session_token
+    current = {k: st.query_params.get(k) for k in ("dataset", "model", "identity", "session")}
     if current != {k: wanted.get(k) for k in current}:
         st.query_params.from_dict(wanted)
 
@@ -178,6 +249,7 @@ def start_job(job: Job) -> Job:
     if running is not None and not running.done:
         raise RuntimeError(f"'{running.label}' is still running; wait for it or stop it")
     st.session_state.job_errors.pop(job.kind, None)
+    st.session_state.setdefault("job_notes", {}).pop(job.kind, None)
     st.session_state.job = job.start()
     return job
 
@@ -197,7 +269,9 @@ def collect_finished_job(bench: Workbench) -> Job | None:
     state.job = None
     state.finished[job.kind] = job
     if job.error is not None:
-        if not job.cancelled:
+        if job.cancelled:
+            state.setdefault("job_notes", {})[job.kind] = stopped_message(job)
+        else:
             state.job_errors[job.kind] = job_failure_message(job)
         return job
     try:
@@ -212,6 +286,19 @@ def collect_finished_job(bench: Workbench) -> Job | None:
     except ValueError as error:
         state.job_errors[job.kind] = str(error)
     return job
+
+
+def stopped_message(job: Job) -> str:
+    """The confirmation that a stop took effect, and what it left."""
+    if job.kind == "live":
+        events, _ = job.snapshot()
+        done = sum(1 for e in events if e.get("phase") == "step" and e.get("row", {}).get("step"))
+        kept = (f"{done} removal{'s' if done != 1 else ''} had finished and "
+                f"{'are' if done != 1 else 'is'} in the chart; the session's model is unchanged "
+                "(Live accuracy works on a copy)")
+    else:
+        kept = "nothing was changed: the session's model is as it was before"
+    return f"Stopped '{job.label}' after {job.elapsed_s:.0f} s: {kept}."
 
 
 def job_failure_message(job: Job) -> str:
@@ -229,3 +316,8 @@ def last_finished(kind: str) -> Job | None:
 
 def job_error(kind: str) -> str | None:
     return st.session_state.job_errors.get(kind)
+
+
+def job_note(kind: str) -> str | None:
+    """The confirmation of the last stop of a ``kind`` job, if the user stopped one."""
+    return st.session_state.get("job_notes", {}).get(kind)

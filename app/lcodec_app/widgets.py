@@ -1,12 +1,14 @@
 """Small Streamlit pieces the pages share: explanations, pickers, thumbnails, job progress."""
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Mapping
 
 import numpy as np
 import streamlit as st
+import streamlit.components.v1 as components
 
 from lcodec_core.config import SOLVERS, UnlearnConfig
 
@@ -279,14 +281,47 @@ def job_progress(kinds: tuple[str, ...]) -> None:
         _, latest = job.snapshot()
         step = latest.get("step", {})
         box.progress(float(step.get("fraction", 0.0)), text=step.get("message", "starting"))
-        inner = [e for p, e in latest.items() if p not in ("step", "reference")]
-        if inner:
-            event = max(inner, key=lambda e: e.get("step", 0))
-            box.caption(f"now: {_session_words(event.get('message', ''))}")
+        event = latest_inner_event(job.snapshot()[0])
+        if event is not None:
+            if event.get("phase") == "retrain":
+                box.progress(min(max(float(event.get("fraction", 0.0)), 0.0), 1.0),
+                             text=f"reference: {_session_words(event.get('message', ''))}")
+            else:
+                box.caption(f"now: {_session_words(event.get('message', ''))}")
+    stop_control(box, job)
+
+
+def latest_inner_event(events: list[dict]) -> dict | None:
+    """The newest event of a Live accuracy job that is not a finished step or reference row:
+    a removal's phase, or the reference retraining's epoch (which carries no step number)."""
+    return next((e for e in reversed(events) if e.get("phase") not in ("step", "reference")), None)
+
+
+CONFIRM_STOP_KEY = "confirm_stop"
+
+
+def stop_control(box, job: Job) -> None:
+    """The one Stop of a job: ask, then stop at the engine's next progress event.
+
+    The page confirms afterwards what the stop left (:func:`show_job_error`). Streamlit's own
+    "Stop" in the header only stops drawing the page, so the app hides it (see the app script).
+    """
     if job.stop_requested:
-        box.caption("stopping at the next checkpoint...")
-    else:
-        box.button("Stop", key=f"stop_{job.kind}", on_click=state.stop_job, icon=":material/stop:")
+        box.caption("Stopping at the next checkpoint...")
+        return
+    if st.session_state.get(CONFIRM_STOP_KEY) != id(job):
+        box.button("Stop", key=f"stop_{job.kind}", icon=":material/stop:",
+                   on_click=lambda: st.session_state.update({CONFIRM_STOP_KEY: id(job)}))
+        return
+    box.warning(f"Stop '{_job_label(job)}'? " + (
+        "Removals finished so far stay in the chart; the session's model is not changed."
+        if job.kind == "live" else "Nothing it has done so far is kept: the model stays as it "
+        "was before."), icon=":material/help:")
+    yes, no = box.columns(2)
+    yes.button("Yes, stop", key=f"stop_yes_{job.kind}", type="primary", icon=":material/stop:",
+               on_click=state.stop_job)
+    no.button("Keep running", key=f"stop_no_{job.kind}",
+              on_click=lambda: st.session_state.pop(CONFIRM_STOP_KEY, None))
 
 
 @st.fragment(run_every=1.0)
@@ -301,9 +336,46 @@ def job_badge() -> None:
 
 
 def show_job_error(kind: str) -> None:
+    """The last ``kind`` job's failure, or the confirmation that the user stopped it."""
     message = state.job_error(kind)
     if message:
         st.error(message, icon=":material/error:")
+    note = state.job_note(kind)
+    if note:
+        st.info(_session_words(note), icon=":material/stop_circle:")
+
+
+def show_session_notice() -> None:
+    """Once after a reload: what this tab got back, or that its earlier work is gone."""
+    notice = st.session_state.pop("session_notice", None)
+    if notice is None:
+        return
+    kind, message = notice
+    if kind == "restored":
+        st.success(message, icon=":material/restore:")
+    else:
+        st.warning(message, icon=":material/history_toggle_off:")
+
+
+NARROW_PX = 768  # below this width Streamlit draws the sidebar over the page
+
+_FOLD_SIDEBAR_JS = """<!-- page: %s --><script>
+const doc = window.parent.document;
+if (window.parent.innerWidth < %d) {
+  const fold = doc.querySelector('[data-testid="stSidebarCollapseButton"] button');
+  if (fold && fold.getBoundingClientRect().width > 0) fold.click();
+}
+</script>"""
+
+
+def fold_sidebar_when_narrow(page_path: str) -> None:
+    """On a phone-sized screen, fold the sidebar away after the user picked a page in it.
+
+    Streamlit leaves the sidebar open over the content after a navigation on narrow screens.
+    The snippet runs once per page (the page's path is part of it, so a new page mounts it
+    again) in a zero-height component and clicks the sidebar's own fold button.
+    """
+    components.html(_FOLD_SIDEBAR_JS % (html.escape(page_path or "start"), NARROW_PX), height=0)
 
 
 def require_removal(bench: Workbench) -> bool:

@@ -79,8 +79,6 @@ def live_chart() -> None:
             "for whole people). Green: the kept training photos. Blue: never-seen photos of "
             "people still in the model. Diamonds: a model retrained from scratch without "
             "the removed photos, the reference to aim for.")
-    if job.cancelled:
-        st.warning(f"Stopped after {len(rows) - 1} removal(s).", icon=":material/stop_circle:")
     if rows:
         table = pd.DataFrame(rows)
         # The pages' words: "person 05" (the engine says "identity 5"), and "–" for a number
