@@ -1,4 +1,5 @@
-"""Audit of a removal against the model retrained without the forgotten data (ALGORITHM.md §6).
+"""Audit of a removal against the model retrained without the forgotten data (docs/ALGORITHM.md,
+section 10 (Judging a removal against retraining)).
 
 Every number is computed the same way for the original, the unlearned and the retrained
 model, so each can be read beside the retrained model's value (the reference, not zero):

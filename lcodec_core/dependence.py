@@ -5,7 +5,8 @@ simple measure of conditional dependence", Ann. Statist.; FOCI is their greedy
 feature-ordering by it. The "L" versions (Mehta et al., CVPR 2022, "Deep Unlearning
 via Randomized Conditionally Independent Hessians") break ties among equidistant
 neighbours at random by a tiny Gaussian jitter of the predictors, so discrete data are
-scored as the estimator assumes. See ``shared/ALGORITHM.md`` sections 1 and 2.
+scored as the estimator assumes. See docs/ALGORITHM.md, sections 1 (L-CODEC, the
+conditional dependence coefficient) and 2 (L-FOCI, greedy Markov-blanket selection).
 
 This module is the public entry point: ``codec``, ``foci`` and ``FociResult``.
 

@@ -1,4 +1,5 @@
-"""Accuracy of a model on the splits that judge a removal (ALGORITHM.md section 6)."""
+"""Accuracy of a model on the splits that judge a removal (docs/ALGORITHM.md, section 10
+(Judging a removal against retraining))."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""Damped block Newton steps on the retained objective (ALGORITHM.md section 4).
+"""Damped block Newton steps on the retained objective (docs/ALGORITHM.md, section 8 (Exact
+damped Newton iterations)).
 
 One step solves (H + mu I) d = b on the block P and sets v <- v + d, where H is the exact
 Hessian of the retained objective f (see :class:`~lcodec_core.block.BlockObjective`) and

@@ -1,6 +1,7 @@
 """Which slices to update: L-FOCI on the probe table, or a comparison rule.
 
-- "lfoci": L-FOCI (ALGORITHM.md section 2) on (A, Y), at most ``max_slices`` slices.
+- "lfoci": L-FOCI (docs/ALGORITHM.md, section 2 (L-FOCI, greedy Markov-blanket selection))
+  on (A, Y), at most ``max_slices`` slices.
 - "top1": the single slice with the largest unconditional T(Y, A_j) (L-FOCI's first step).
 - "random": as many slices as L-FOCI selects, drawn uniformly at random.
 - "all": every slice (the full-model Newton step on the sliced layers).

@@ -1,7 +1,8 @@
 """The fx prefix/suffix split, the block objective and the Newton solvers, against answers
 computed independently (hand-written forwards, torch.autograd.functional, scipy).
 
-ALGORITHM.md section 4: on the block P the retained objective is
+docs/ALGORITHM.md, section 4 (The retained objective on the block and the removal step): on
+the block P the retained objective is
     f(v) = (1/N) sum_i CE(model_{w(v)}(x_i), y_i) + (lam/2)|v|^2,
 w(v) = the trained weights with the block rows set to v. A Newton step solves
 (H + mu I) d = b with b = -grad f(v) ("retain_gradient") or b = g_U ("forget_gradient").
@@ -400,7 +401,8 @@ def test_single_forget_gradient_step_is_v0_plus_inverse_hessian_g_forget(logreg_
     rows = slice_parameter_rows(model, [SliceRef("fc", 1, "linear")])
     objective = BlockObjective(model, rows, x[k:], y[k:], weight_decay=LAM)
     v0, gradient, hessian, g_forget = _retained_pieces(model, x, y, k, rows)
-    # at an exact optimum of F, g_U = -grad F_r(w*) (ALGORITHM.md section 4)
+    # at an exact optimum of F, g_U = -grad F_r(w*) (docs/ALGORITHM.md, section 4 (The retained
+    # objective on the block and the removal step))
     torch.testing.assert_close(g_forget, -gradient, rtol=1e-6, atol=1e-9)
 
     v, report = block_newton(objective, rhs="forget_gradient", forget_rhs=g_forget,

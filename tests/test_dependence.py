@@ -1,7 +1,8 @@
 """L-CODEC and L-FOCI against brute-force references and planted answers.
 
 The references are written out in O(m^2) float64 from the formulas in
-shared/ALGORITHM.md section 1, with no jitter and no shared work, so agreement checks
+docs/ALGORITHM.md, section 1 (L-CODEC, the conditional dependence coefficient), with no
+jitter and no shared work, so agreement checks
 the ranks, the neighbour search, the integer sums and the batching at once.
 """
 

@@ -1,6 +1,7 @@
 """Slices and activation hooks on tiny hand-built models with known answers.
 
-ALGORITHM.md section 3: a slice is filter j of a Conv2d (weight[j], bias[j]) or row j of a
+docs/ALGORITHM.md, section 3 (Slices, probing and the parameter block): a slice is filter j
+of a Conv2d (weight[j], bias[j]) or row j of a
 Linear (weight[j, :], bias[j]); slices are keyed by module name (never by repr, so two
 identical layers stay apart); the hooks record the spatial mean of each conv channel and the
 pre-activation of each linear unit, and a module that runs twice in one forward is an error.
