@@ -8,6 +8,8 @@ the ranks, the neighbour search, the integer sums and the batching at once.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -15,10 +17,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import lcodec_core.dependence as dependence
+import lcodec_core.dependence.inputs as dependence_inputs
 from lcodec_core.dependence import STOP_REASONS, FociResult, codec, foci
-from lcodec_core.neighbors import nearest_neighbor
+from lcodec_core.dependence.neighbor_index import nearest_neighbor
 from lcodec_core.ranks import max_ranks
+
+codec_module = importlib.import_module("lcodec_core.dependence.codec")  # the package's ``codec`` is the function
+foci_module = importlib.import_module("lcodec_core.dependence.foci")
 
 
 # ---------------------------------------------------------------- references
@@ -115,7 +120,7 @@ def test_same_seed_same_value_on_tied_data():
 
 def test_jitter_stays_below_the_smallest_gap():
     points = np.array([[0.0, 10.0], [0.5, 10.0], [0.5, 10.25], [2.0, 13.0]])
-    jittered = dependence._jitter(points, np.random.default_rng(0), dims=2)
+    jittered = codec_module.jitter(points, np.random.default_rng(0), dims=2)
     noise = np.abs(jittered - points)
     assert 0 < noise.max() < 0.25 * 1e-2  # s = 1e-3 * 0.25 / sqrt(2), a few s at most
 
@@ -155,7 +160,7 @@ def test_tied_data_conditional_sums_match_uniform_tie_breaking():
     joint = expected_min_rank(rank, np.hstack([x, z]))
     exact = {"numerator": (joint - near).sum(), "denominator": (rank - near).sum()}
     draws = np.array(
-        [dependence._codec_terms(y, z, x, generator=np.random.default_rng(s), backend="auto") for s in range(200)],
+        [codec_module._codec_terms(y, z, x, generator=np.random.default_rng(s), backend="auto") for s in range(200)],
         dtype=np.float64,
     )
     for column, name in enumerate(("numerator", "denominator")):
@@ -343,10 +348,10 @@ def test_batched_foci_equals_the_simple_loop(m, irrelevant, seed, discrete, max_
     if discrete:  # ties: the jitter decides, identically in both
         features = np.round(features * 8) / 8
     if seed % 2:  # short first scans: the unproven-pair path does most of the work
-        monkeypatch.setattr(dependence, "FIRST_SCAN", {})
-        monkeypatch.setattr(dependence, "FIRST_SCAN_OTHERWISE", 2)
+        monkeypatch.setattr(foci_module, "FIRST_SCAN", {})
+        monkeypatch.setattr(foci_module, "FIRST_SCAN_OTHERWISE", 2)
     got = foci(y, features, max_features=max_features, rng=seed)
-    data = dependence._prepare_foci(
+    data = foci_module._prepare_foci(
         y, features, standardize=True, generator=np.random.default_rng(seed), max_features=max_features
     )
     want = simple_loop(data, max_features)
@@ -374,9 +379,9 @@ def test_the_torch_code_path_gives_the_same_results(monkeypatch):
     x, z = rng.standard_normal((300, 2)), rng.standard_normal((300, 1))
     target = z[:, 0] + x[:, 0] + rng.standard_normal(300)
     want = (foci(y, features, rng=3), codec(target, z, x, rng=3), codec(target, z, rng=3))
-    monkeypatch.setattr(dependence, "_TORCH_ON_CPU", True)
-    monkeypatch.setattr(dependence, "FIRST_SCAN", {})
-    monkeypatch.setattr(dependence, "FIRST_SCAN_OTHERWISE", 4)
+    monkeypatch.setattr(dependence_inputs, "_TORCH_ON_CPU", True)
+    monkeypatch.setattr(foci_module, "FIRST_SCAN", {})
+    monkeypatch.setattr(foci_module, "FIRST_SCAN_OTHERWISE", 4)
     assert (foci(y, features, rng=3), codec(target, z, x, rng=3), codec(target, z, rng=3)) == want
 
 

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import lcodec_core.neighbors as neighbors
-from lcodec_core.neighbors import (
-    NeighborIndex,
-    choose_backend,
-    nearest_in_each_column,
-    nearest_neighbor,
-    nearest_with_extra_column,
-)
+import lcodec_core.dependence.column_search as column_search
+import lcodec_core.dependence.neighbor_index as neighbor_index
+from lcodec_core.dependence.column_search import nearest_in_each_column, nearest_with_extra_column
+from lcodec_core.dependence.neighbor_index import NeighborIndex, choose_backend, nearest_neighbor
 
 SEARCHES = ["kdtree", "faiss", "torch"]
 
@@ -154,7 +150,7 @@ def test_extra_column_search_equals_one_exact_search_per_column(dim, first_scan)
 
 def test_extra_column_search_with_every_pair_past_its_list(monkeypatch):
     """Short lists force the last resort (every point) for many pairs."""
-    monkeypatch.setattr(neighbors, "LIST_QUANTILE", 0.0)
+    monkeypatch.setattr(column_search, "LIST_QUANTILE", 0.0)
     data = continuous(200, 10, seed=7)
     base, columns = data[:, :2], data[:, 2:]
     found = nearest_with_extra_column(NeighborIndex(base), columns, first_scan=2)
@@ -183,7 +179,7 @@ def test_the_torch_code_path_of_the_column_searches_matches_numpy():
 @pytest.mark.parametrize("list_quantile", [0.9, 0.0])
 def test_the_gpu_listing_path_of_unproven_pairs_matches_numpy(list_quantile, monkeypatch):
     """With a "torch" index (as on CUDA) unproven pairs are listed from full D_S rows."""
-    monkeypatch.setattr(neighbors, "LIST_QUANTILE", list_quantile)
+    monkeypatch.setattr(column_search, "LIST_QUANTILE", list_quantile)
     data = continuous(200, 10, seed=11)
     base, columns = data[:, :2], data[:, 2:]
     index = NeighborIndex(torch.from_numpy(base), backend="torch")
@@ -195,7 +191,7 @@ def test_the_faiss_gpu_path_logic_with_a_cpu_stand_in(monkeypatch):
     """faiss-gpu caps k at 2048; rows it cannot prove go to the float64 product search."""
     import faiss
 
-    monkeypatch.setattr(neighbors, "FAISS_GPU_MAX_K", 24)
+    monkeypatch.setattr(neighbor_index, "FAISS_GPU_MAX_K", 24)
     monkeypatch.setattr(NeighborIndex, "_wants_faiss_gpu", lambda self: True)
     monkeypatch.setattr(faiss, "StandardGpuResources", lambda: None, raising=False)
     monkeypatch.setattr(faiss, "GpuIndexFlatL2", lambda resources, dim: faiss.IndexFlatL2(dim), raising=False)

@@ -1,0 +1,43 @@
+"""L-CODEC and L-FOCI: conditional dependence and greedy Markov-blanket selection.
+
+CODEC is the conditional dependence coefficient of Azadkia & Chatterjee (2021), "A
+simple measure of conditional dependence", Ann. Statist.; FOCI is their greedy
+feature-ordering by it. The "L" versions (Mehta et al., CVPR 2022, "Deep Unlearning
+via Randomized Conditionally Independent Hessians") break ties among equidistant
+neighbours at random by a tiny Gaussian jitter of the predictors, so discrete data are
+scored as the estimator assumes. See docs/ALGORITHM.md, sections 1 (L-CODEC, the
+conditional dependence coefficient) and 2 (L-FOCI, greedy Markov-blanket selection).
+
+The package, one idea a module:
+
+- ``codec``: L-CODEC, the coefficient T(Y, Z | X) and the tie-breaking jitter.
+- ``foci``: L-FOCI, the greedy selection (``foci``, ``FociResult``, ``STOP_REASONS``).
+- ``inputs``: the input checks and exact power-of-two rescaling both share.
+- ``neighbor_index``: exact float64 nearest-neighbour search and the choice of backend.
+- ``column_search``: L-FOCI's batched search, the nearest neighbour in (S, a_j) for
+  many candidate columns a_j at once.
+- ``arrays``: the numpy / torch helper layer under all of them.
+
+The functions ``codec`` and ``foci`` are re-exported here under the names of their
+modules, so ``lcodec_core.dependence.codec`` is the function; reach a module itself
+with ``importlib.import_module("lcodec_core.dependence.codec")``.
+"""
+
+from .codec import codec
+from .column_search import nearest_in_each_column, nearest_with_extra_column
+from .foci import STOP_REASONS, FociResult, foci
+from .neighbor_index import BACKENDS, NeighborIndex, choose_backend, faiss_gpu_available, nearest_neighbor
+
+__all__ = [
+    "BACKENDS",
+    "STOP_REASONS",
+    "FociResult",
+    "NeighborIndex",
+    "choose_backend",
+    "codec",
+    "faiss_gpu_available",
+    "foci",
+    "nearest_in_each_column",
+    "nearest_neighbor",
+    "nearest_with_extra_column",
+]
