@@ -1,6 +1,6 @@
 """L-CODEC / L-FOCI against the dense all-pairs implementation: time as m grows (paper Fig. 3).
 
-Same estimators and baseline as ``bench_dependence.py`` (ours: ``lcodec_core.codec`` / ``foci``,
+Same estimators and baseline as ``bench_dependence.py`` (ours: ``lcodec_core.dependence.codec`` / ``foci``,
 exact float64 neighbours with jittered ties; dense: float32 ``torch.cdist``, diagonal masked,
 ``argmin``, one search per candidate per FOCI step), on the same synthetic data, one torch
 thread, median of repeated calls after a warm-up, several data seeds:

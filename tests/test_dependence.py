@@ -8,7 +8,6 @@ the ranks, the neighbour search, the integer sums and the batching at once.
 
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import pytest
@@ -22,8 +21,8 @@ from lcodec_core.dependence import STOP_REASONS, FociResult, codec, foci
 from lcodec_core.dependence.neighbor_index import nearest_neighbor
 from lcodec_core.ranks import max_ranks
 
-codec_module = importlib.import_module("lcodec_core.dependence.codec")  # the package's ``codec`` is the function
-foci_module = importlib.import_module("lcodec_core.dependence.foci")
+from lcodec_core.dependence import codec_estimator as codec_module  # noqa: E402
+from lcodec_core.dependence import foci_search as foci_module  # noqa: E402
 
 
 # ---------------------------------------------------------------- references

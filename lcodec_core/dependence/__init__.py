@@ -10,22 +10,21 @@ conditional dependence coefficient) and 2 (L-FOCI, greedy Markov-blanket selecti
 
 The package, one idea a module:
 
-- ``codec``: L-CODEC, the coefficient T(Y, Z | X) and the tie-breaking jitter.
-- ``foci``: L-FOCI, the greedy selection (``foci``, ``FociResult``, ``STOP_REASONS``).
+- ``codec_estimator``: L-CODEC, the coefficient T(Y, Z | X) and the tie-breaking jitter.
+- ``foci_search``: L-FOCI, the greedy selection (``foci``, ``FociResult``, ``STOP_REASONS``).
 - ``inputs``: the input checks and exact power-of-two rescaling both share.
 - ``neighbor_index``: exact float64 nearest-neighbour search and the choice of backend.
 - ``column_search``: L-FOCI's batched search, the nearest neighbour in (S, a_j) for
   many candidate columns a_j at once.
 - ``arrays``: the numpy / torch helper layer under all of them.
 
-The functions ``codec`` and ``foci`` are re-exported here under the names of their
-modules, so ``lcodec_core.dependence.codec`` is the function; reach a module itself
-with ``importlib.import_module("lcodec_core.dependence.codec")``.
+The modules are not named after the functions they define, so ``lcodec_core.dependence.codec``
+is always the function and ``lcodec_core.dependence.codec_estimator`` always the module.
 """
 
-from .codec import codec
+from .codec_estimator import codec
 from .column_search import nearest_in_each_column, nearest_with_extra_column
-from .foci import STOP_REASONS, FociResult, foci
+from .foci_search import STOP_REASONS, FociResult, foci
 from .neighbor_index import BACKENDS, NeighborIndex, choose_backend, faiss_gpu_available, nearest_neighbor
 
 __all__ = [

@@ -20,7 +20,7 @@ import torch
 from lcodec_core.ranks import max_ranks
 
 from .arrays import BLOCK_ELEMENTS, column_max, exact_sum, host, index_like, like, minimum
-from .codec import jitter
+from .codec_estimator import jitter
 from .column_search import nearest_in_each_column, nearest_with_extra_column
 from .inputs import (
     as_generator,
