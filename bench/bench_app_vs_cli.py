@@ -4,7 +4,7 @@ dashboard, side by side in one run (issue 13: "the app is as fast as the CLI").
 - **cli**: what ``lcodec unlearn`` runs, ``run_removal`` (engine + evaluation) on the main
   thread; with retraining, what ``lcodec unlearn --compare retrain`` runs (removal, retraining
   and the audit against the retrained model).
-- **app job**: the dashboard's own work functions (``lcodec_app.engine.removal_work`` and
+- **app job**: the dashboard's own work functions (``lcodec_app.work.removal_work`` and
   ``retrain_work``) on a :class:`lcodec_app.jobs.Job` thread, exactly as a page starts them.
 - **browser** (``--browser``, needs /usr/bin/chromium and playwright): a real ``streamlit run``
   server driven by headless Chromium; the time from the click on "Forget person NN" on Start
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "app"))
 
-from lcodec_app import engine  # noqa: E402
+from lcodec_app import work  # noqa: E402
 from lcodec_app.jobs import Job  # noqa: E402
 from lcodec_app.workbench import ModelKey, SharedBase, Workbench  # noqa: E402
 from lcodec_core.block import warm_up  # noqa: E402
@@ -133,13 +133,13 @@ def main(argv=None) -> int:
         seconds, _ = timed(lambda: run_removal(checkpoint, bundle, request, config))
         times["cli removal"].append(seconds)
         bench = Workbench.from_base(shared)
-        seconds, removal = timed(lambda: app_job(engine.removal_work(bench, request, config)))
+        seconds, removal = timed(lambda: app_job(work.removal_work(bench, request, config)))
         times["app removal"].append(seconds)
         if not args.no_retrain:
             seconds, _ = timed(lambda: run_removal(checkpoint, bundle, request, config,
                                                    compare_retrain=True))
             times["cli retrain"].append(seconds)
-            seconds, _ = timed(lambda: app_job(engine.retrain_work(bench, removal)))
+            seconds, _ = timed(lambda: app_job(work.retrain_work(bench, removal)))
             times["app retrain"].append(seconds + times["app removal"][-1])
         print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v),
               file=sys.stderr, flush=True)

@@ -45,8 +45,8 @@ def trained(trained_small_cnn):
 @pytest.fixture(scope="module")
 def engine_calls(trained):
     """Every call the app makes to the engine's ``unlearn`` in this module: (args, kwargs)."""
-    from lcodec_app import engine
-    calls, real = [], engine.unlearn_fn
+    from lcodec_app import work
+    calls, real = [], work.unlearn_fn
 
     def spy():
         unlearn = real()
@@ -56,9 +56,9 @@ def engine_calls(trained):
             return unlearn(*args, **kwargs)
         return recorded
 
-    engine.unlearn_fn = spy
+    work.unlearn_fn = spy
     yield calls
-    engine.unlearn_fn = real
+    work.unlearn_fn = real
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ shared base model never changes; the dashboard listens on localhost only, limits
 takes no file-system path from the page.
 
 Three levels: two AppTest sessions (the page), two threads through the app's engine adapter
-(``lcodec_app.engine.removal_work``), and two threads calling ``unlearn`` on one and the same
+(``lcodec_app.work.removal_work``), and two threads calling ``unlearn`` on one and the same
 model object (the engine's own contract, without the adapter's copies and lock).
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_two_app_sessions_see_only_their_own_removal(trained_small_cnn):
 
 # ---------------------------------------------------------------- two threads, app engine layer
 def test_two_threads_through_the_engine_adapter(trained_small_cnn):
-    from lcodec_app.engine import removal_work
+    from lcodec_app.work import removal_work
     from lcodec_core.config import UnlearnConfig
     from lcodec_app.workbench import ModelKey, SharedBase, Workbench
     from lcodec_core.requests import make_request

@@ -13,7 +13,7 @@ import streamlit.components.v1 as components
 from lcodec_core.config import SOLVERS, UnlearnConfig
 
 from . import state
-from .engine import UNLEARN_PHASES
+from .work import UNLEARN_PHASES
 from .jobs import Job
 from .workbench import DATASET_LABELS, ZOO, ModelKey, Workbench
 

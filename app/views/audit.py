@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lcodec_app import charts, engine, report, state
+from lcodec_app import charts, report, state, work
 from lcodec_app.jobs import Job
 from lcodec_app.panels import guarantee_text, removal_chooser, verdict_banner
 from lcodec_app.widgets import (MISSING, NO_GUARANTEE, busy, explain, job_progress, number, pct,
@@ -27,7 +27,7 @@ if removal.retrained is None:
               key="audit_retrain", disabled=busy(),
               on_click=lambda: state.start_job(Job(
                   "retrain", f"Retraining without {request_label(removal.request, bench.class_names)}",
-                  engine.retrain_work(bench, removal), payload={"removal": removal})))
+                  work.retrain_work(bench, removal), payload={"removal": removal})))
     explain("Trains the same architecture with the same recipe on the retained photos only "
             "(as long as the model's first training).")
 job_progress(("retrain",))

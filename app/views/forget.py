@@ -1,7 +1,7 @@
 """Forget: remove a person or single training photos, with settings, progress, undo and reset."""
 import streamlit as st
 
-from lcodec_app import engine, state
+from lcodec_app import state, work
 from lcodec_app.jobs import Job
 from lcodec_app.panels import history_table, result_panel, stationarity_notice
 from lcodec_app.widgets import busy, explain, identity_picker, job_progress, settings_form, \
@@ -49,7 +49,7 @@ with st.expander("Settings", icon=":material/tune:"):
 
 if config.epsilon is not None and chosen:
     try:
-        sigma, typical = engine.noise_preview(bench, config, len(chosen),
+        sigma, typical = work.noise_preview(bench, config, len(chosen),
                                               len(bundle.train) - len(removed) - len(chosen))
     except ValueError as error:
         st.error(f"These noise settings cannot be used: {error}", icon=":material/error:")
@@ -84,7 +84,7 @@ if st.button("Run removal", type="primary", icon=":material/play_arrow:",
         st.error(str(error))
     else:
         state.start_job(Job("unlearn", f"Forgetting {request.description}",
-                            engine.removal_work(bench, request, config)))
+                            work.removal_work(bench, request, config)))
         st.rerun()
 if blocked and chosen:
     st.caption(blocked)

@@ -4,7 +4,7 @@ import random
 import pandas as pd
 import streamlit as st
 
-from lcodec_app import charts, engine, state
+from lcodec_app import charts, state, work
 from lcodec_app.jobs import Job
 from lcodec_app.widgets import (busy, explain, job_progress, number, pct, people_words,
                                 settings_form, show_job_error)
@@ -54,7 +54,7 @@ running = job is not None and job.kind == "live" and not job.done
 if st.button("Start", type="primary", icon=":material/play_arrow:", key="live_start",
              disabled=busy() or not targets):
     state.start_job(Job("live", f"Removing {len(targets)} one after another",
-                        engine.live_work(bench, targets, config, reference)))
+                        work.live_work(bench, targets, config, reference)))
     st.rerun()
 
 job_progress(("live",))

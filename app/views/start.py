@@ -1,7 +1,7 @@
 """Start here: a guided first removal on the default model, in three steps."""
 import streamlit as st
 
-from lcodec_app import engine, state
+from lcodec_app import state, work
 from lcodec_app.jobs import Job
 from lcodec_app.panels import result_panel
 from lcodec_app.widgets import explain, face, identity_picker, job_progress, pct, show_job_error, \
@@ -65,7 +65,7 @@ with st.container(border=True):
     if clicked:
         request = make_request(bundle, identity=identity, already_removed=bench.removed_indices)
         state.start_job(Job("unlearn", f"Forgetting {bench.class_names[identity]}",
-                            engine.removal_work(bench, request, UnlearnConfig()),
+                            work.removal_work(bench, request, UnlearnConfig()),
                             payload={"identity": identity}))
         st.rerun()
     job_progress(("unlearn",))

@@ -1,4 +1,4 @@
-"""Adapter between the dashboard and the engine: the work functions that jobs run.
+"""The work functions that the dashboard's jobs run: the adapter between its pages and lcodec_core.
 
 Each ``*_work`` function is built in the script thread (where it takes its own deep copy of
 any model it needs, so hooks set by the engine or Captum never touch a model the page is
