@@ -5,17 +5,23 @@ picks the parameter slices that carry a sample; one step along the forget set's 
 those slices, shaped by the retained data's curvature and sized per request, removes it
 (optionally with calibrated noise). This package is the engine: it never imports a UI library.
 """
+from .audit import audit_removal
 from .config import UnlearnConfig
 from .data import DataBundle, DataError, ImageDataset, load_dataset
 from .dependence import FociResult, codec, foci
+from .evaluation import evaluate
 from .guarantee import GUARANTEES
 from .paths import lcodec_home
+from .removal import RemovalOutcome, run_removal
 from .requests import ForgetRequest, make_request
 from .result import SelectedSlice, UnlearnResult
 from .unlearn import HarmfulNoiseError, unlearn
 from .verdict import Verdict, judge
+from .zoo_cache import load_or_train
 
-__all__ = ["DataBundle", "DataError", "ImageDataset", "load_dataset", "lcodec_home", "codec",
-           "foci", "FociResult", "UnlearnConfig", "unlearn", "UnlearnResult", "SelectedSlice",
-           "ForgetRequest", "make_request", "GUARANTEES", "HarmfulNoiseError", "Verdict", "judge"]
+__all__ = ["DataBundle", "DataError", "ImageDataset", "load_dataset", "load_or_train",
+           "lcodec_home", "codec", "foci", "FociResult", "UnlearnConfig", "unlearn",
+           "UnlearnResult", "SelectedSlice", "ForgetRequest", "make_request", "GUARANTEES",
+           "HarmfulNoiseError", "Verdict", "judge", "evaluate", "audit_removal", "run_removal",
+           "RemovalOutcome"]
 __version__ = "0.1.0"
