@@ -165,13 +165,14 @@ def test_a_failed_write_leaves_neither_and_the_old_file(ledger, tmp_path, monkey
 CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from lcodec_core import ledger as L
+    from lcodec_core.ledger import files
     path, final, step = sys.argv[1:4]
 
     def crash(name):
         if name == step:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    L._step_hook = crash
+    files._step_hook = crash
     e = L.RemovalEntry(model_before="a" * 64, model_after="b" * 64, epsilon=1.0, delta=1e-5,
                        sigma=0.5)
     L.write_and_record(b"new model " * 1000, final, e, L.Ledger(path))
@@ -214,7 +215,7 @@ def test_a_pending_save_of_a_live_process_is_left_alone(ledger, tmp_path):
         if name == "temp_written":          # another opener reconciles meanwhile
             seen["report"] = Ledger(ledger.path).reconcile()
 
-    from lcodec_core import ledger as module
+    from lcodec_core.ledger import files as module
     module._step_hook = look
     try:
         row = write_and_record(b"bytes", tmp_path / "m.pt", entry("a", "b"), ledger)
@@ -301,3 +302,111 @@ def test_cli_unlearn_records_every_run(trained_small_cnn, tmp_path, capsys):
     assert rows[1].epsilon is None and rows[1].metrics["guarantee"] == "heuristic"
     assert not ledger.lineage_cost(base).has_guarantee             # the first had no noise
     assert ledger.model_cost(rows[1].model_after).unnoised == 2
+
+
+# One privacy rule and one row layout for the command line and the dashboard -------------------
+
+BEFORE = {"retain_accuracy": 1.0, "forget_accuracy": 1.0, "test_accuracy": 0.9,
+          "forget_test_accuracy": 0.8}
+AFTER = {"retain_accuracy": 0.98, "forget_accuracy": 0.0, "test_accuracy": 0.88,
+         "forget_test_accuracy": 0.05}
+TIMINGS = {"unlearn_s": 1.5, "retrain_s": None}
+
+
+def app_removal(before: str, after: str, guarantee: str, epsilon: float | None = None,
+                delta: float = 1e-5):
+    """A dashboard Removal of identity 3 (its request and engine result stood in)."""
+    from types import SimpleNamespace
+
+    import apptest  # noqa: F401  (puts app/ on sys.path)
+    from lcodec_app.workbench import Removal
+    from lcodec_core.config import UnlearnConfig
+    request = SimpleNamespace(identity=3, forget_indices=[24, 25], description="identity 3",
+                              forget=SimpleNamespace(sources=["olivettifaces.mat#24",
+                                                              "olivettifaces.mat#25"]))
+    result = SimpleNamespace(guarantee=guarantee, sigma=0.5 if epsilon is not None else 0.0,
+                             timings=dict(TIMINGS), changed=guarantee != "unchanged",
+                             diagnostics={})
+    return Removal(request, UnlearnConfig(epsilon=epsilon, delta=delta), result, dict(BEFORE),
+                   dict(AFTER), dict(BEFORE), h(before), h(after))
+
+
+def app_bench(removals: list):
+    import apptest  # noqa: F401  (puts app/ on sys.path)
+    from lcodec_app.workbench import ModelKey, Workbench
+    return Workbench(ModelKey("olivetti", "small_cnn"), h("a"), None, {}, None, list(removals))
+
+
+@pytest.mark.parametrize("steps, expected", [
+    ([("b", "certified", 1.0, 1e-5), ("c", "certified", 0.5, 2e-5)], (1.5, 3e-5)),
+    ([("b", "certified", 1.0, 1e-5), ("c", "heuristic", 2.0, 1e-5),
+      ("d", "certified", 0.5, 2e-5)], (None, 3e-5)),
+    ([("b", "certified", 1.0, 1e-5), ("b", "unchanged", 1.0, 1e-5)], (None, 1e-5)),
+    ([("a", "unchanged", None, 1e-5), ("b", "certified", 1.0, 1e-5)], (None, 1e-5)),
+    ([("b", "none", None, 1e-5), ("c", "certified", 1.0, 1e-5)], (None, 1e-5)),
+], ids=["certified", "heuristic-among-certified", "unchanged-after-certified",
+        "unchanged-at-root", "no-noise"])
+def test_the_ledger_and_the_dashboard_spend_the_same_privacy(ledger, steps, expected):
+    """The Ledger page's model cost, the dashboard's Workbench.privacy_spent and the one rule
+    agree; an unchanged removal (model_after == model_before) removed nothing, so it voids
+    the guarantee even after a certified removal of the same model."""
+    import apptest  # noqa: F401  (puts app/ on sys.path)
+    from lcodec_app.records import entry_for
+    from lcodec_core.ledger import privacy_spent
+    removals, current = [], "a"
+    for after, guarantee, epsilon, delta in steps:
+        removals.append(app_removal(current, after, guarantee, epsilon, delta))
+        current = after
+    bench = app_bench(removals)
+    for removal in removals:
+        ledger.record(entry_for(bench, removal))
+    spent = bench.privacy_spent()
+    cost = ledger.model_cost(bench.current_hash)
+    assert spent[0] == pytest.approx(expected[0]) and spent[1] == pytest.approx(expected[1])
+    assert (cost.epsilon if cost.has_guarantee else None, cost.delta) == pytest.approx(spent)
+    assert cost == ledger.lineage_cost(h("a"))          # one path: the whole lineage
+    assert cost.removals == len(steps)
+    labels = [(r.result.guarantee, r.config.epsilon, r.config.delta) for r in removals]
+    assert privacy_spent(labels) == spent
+
+
+def test_a_label_decides_over_a_stored_epsilon_and_unlabelled_rows_read_as_before(ledger):
+    """Rows recorded before guarantee labels count as they did (epsilon with noise: certified);
+    a labelled row counts by its label."""
+    legacy = ledger.record(entry("a", "b", epsilon=1.0))
+    assert legacy.guarantee == "certified" and legacy.noised
+    import dataclasses
+    heuristic = entry("b", "c", epsilon=1.0)   # written by hand: removal_entry would drop epsilon
+    labelled = ledger.record(dataclasses.replace(heuristic, metrics={"guarantee": "heuristic"}))
+    assert labelled.guarantee == "heuristic" and not labelled.noised
+    assert not ledger.model_cost(h("c")).has_guarantee
+    assert ledger.model_cost(h("b")).epsilon == 1.0
+
+
+def test_the_command_line_and_the_dashboard_write_the_same_row_layout(ledger):
+    """For the same removal, entry_from_report (the CLI's run_removal report) and
+    records.entry_for (a dashboard Removal) write rows with the same keys and values."""
+    import apptest  # noqa: F401  (puts app/ on sys.path)
+    from lcodec_app.records import entry_for
+    from lcodec_core.ledger import METRIC_KEYS, entry_from_report
+    from lcodec_core.verdict import judge
+    for guarantee, epsilon in (("certified", 1.0), ("heuristic", 1.0), ("none", None)):
+        removal = app_removal("a", "b", guarantee, epsilon)
+        report = {"dataset": "olivetti", "model": "small_cnn",
+                  "request": {"identity": 3, "forget_indices": [24, 25],
+                              "sources": ["olivettifaces.mat#24", "olivettifaces.mat#25"]},
+                  "original": dict(BEFORE), "unlearned": dict(AFTER),
+                  "verdict": judge(BEFORE, AFTER, identity=3).to_dict(),
+                  "guarantee": guarantee, "timings": dict(TIMINGS),
+                  "sigma": removal.result.sigma,
+                  "epsilon": epsilon if guarantee == "certified" else None,
+                  "delta": 1e-5 if guarantee == "certified" else None,
+                  "settings": removal.config.to_dict()}
+        cli = ledger.record(entry_from_report(report, h("a"), h("b")))
+        app = ledger.record(entry_for(app_bench([removal]), removal))
+        assert cli.to_dict().keys() == app.to_dict().keys()
+        assert set(cli.metrics) == set(app.metrics) == set(METRIC_KEYS)
+        differ = {"id", "time"}
+        assert ({k: v for k, v in cli.to_dict().items() if k not in differ}
+                == {k: v for k, v in app.to_dict().items() if k not in differ})
+        assert (cli.epsilon, cli.noised) == ((1.0, True) if guarantee == "certified" else (None, False))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from lcodec_core.ledger import (Ledger, LedgerError, LedgerRow, PrivacyCost, RemovalEntry,
-                                privacy_cost)
+                                privacy_cost, removal_entry)
 
 from .workbench import Removal, Workbench
 
@@ -36,22 +36,17 @@ def open_ledger() -> tuple[Ledger | None, str | None]:
 
 
 def entry_for(bench: Workbench, removal: Removal) -> RemovalEntry:
-    """The ledger entry for a removal committed to ``bench``."""
+    """The ledger entry for a removal committed to ``bench``: the command line's layout
+    (:func:`lcodec_core.ledger.removal_entry`)."""
     request, config, result = removal.request, removal.config, removal.result
-    # An (epsilon, delta) is recorded only for a certified removal (lcodec_core.guarantee):
-    # heuristic noise has a sigma but no epsilon, as in the command line's records.
-    certified = result.guarantee == "certified"
-    return RemovalEntry(
+    return removal_entry(
         model_before=removal.hash_before, model_after=removal.hash_after,
         dataset=bench.key.dataset, model_name=bench.key.model, identity=request.identity,
-        forget_indices=list(request.forget_indices),
-        file_names=[str(s) for s in request.forget.sources], method=config.method,
-        settings=config.to_dict(), sigma=result.sigma,
-        epsilon=config.epsilon if certified else None,
-        delta=config.delta if certified else None,
-        metrics={"original": removal.original, "before": removal.before,
-                 "unlearned": removal.after, "timings": dict(result.timings),
-                 "guarantee": result.guarantee, "verdict": removal.verdict.to_dict()})
+        forget_indices=request.forget_indices, file_names=request.forget.sources,
+        settings=config.to_dict(), guarantee=result.guarantee, sigma=result.sigma,
+        epsilon=config.epsilon, delta=config.delta, original=removal.original,
+        before=removal.before, unlearned=removal.after, retrained=removal.retrained,
+        timings=result.timings, verdict=removal.verdict.to_dict())
 
 
 def record_removal(bench: Workbench, removal: Removal) -> str | None:

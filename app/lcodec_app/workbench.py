@@ -15,6 +15,7 @@ from torch import nn
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import DataBundle
 from lcodec_core.evaluation import evaluate
+from lcodec_core.ledger import is_certified, privacy_spent
 from lcodec_core.requests import ForgetRequest
 from lcodec_core.result import UnlearnResult
 from lcodec_core.verdict import Verdict, judge
@@ -99,7 +100,7 @@ class Removal:
     @property
     def certified(self) -> bool:
         """True when the removal's (epsilon, delta) is a certified guarantee."""
-        return self.result.guarantee == "certified"
+        return is_certified(self.result.guarantee, self.config.epsilon)
 
 
 @dataclass
@@ -176,15 +177,11 @@ class Workbench:
 
         epsilon is None when any removal is not certified (no noise, heuristic noise, or no
         weight moved; see :mod:`lcodec_core.guarantee`): no guarantee is claimed then, and
-        delta sums only the certified removals.
+        delta sums only the certified removals. The ledger's rule:
+        :func:`lcodec_core.ledger.privacy_spent`.
         """
-        if not self.history:
-            return 0.0, 0.0
-        certified = [r for r in self.history if r.certified]
-        delta = sum(r.config.delta for r in certified)
-        if len(certified) < len(self.history):
-            return None, delta
-        return sum(r.config.epsilon for r in certified), delta
+        return privacy_spent((r.result.guarantee, r.config.epsilon, r.config.delta)
+                             for r in self.history)
 
 
 def model_hash(model: nn.Module) -> str:
