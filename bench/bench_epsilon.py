@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,10 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_results, quick_suffix, COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, read_jsonl, save_figure, setup  # noqa: E402,F401
 from lcodec_core.config import UnlearnConfig  # noqa: E402
-from lcodec_core.requests import make_request  # noqa: E402
-from lcodec_core.unlearn import unlearn  # noqa: E402
+from lcodec_core.sequence import remove_in_sequence  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
-from models import Recipe, accuracy  # noqa: E402
+from models import accuracy  # noqa: E402
 
 NAME = "olivetti_epsilon"
 EPSILON_DASH = {"none": None, "1e-05": None, "0.001": "dash", "0.1": "dot", "1.0": "dashdot"}
@@ -46,28 +44,28 @@ def label(epsilon: float | None) -> str:
 
 
 def run_sequence(checkpoint, bundle, identity: int, epsilon: float | None, seed: int, writer) -> None:
-    recipe = Recipe.from_dict(checkpoint.metadata["recipe"])
+    recipe = checkpoint.recipe
     train, test = bundle.train, bundle.test
     person = train.indices_of(identity)
     order = [person[i] for i in torch.randperm(len(person), generator=torch.Generator().manual_seed(seed)).tolist()]
     others = test.targets != identity
     held_out = test.subset(torch.nonzero(~others).flatten().tolist())
-    model = checkpoint.model
-    for step, index in enumerate(order, start=1):
-        request = make_request(bundle, indices=[index], already_removed=order[:step - 1])
-        # Fig. 7 measures what the certified noise does, so a wrecked model is kept on purpose
-        config = UnlearnConfig(epsilon=epsilon, seed=seed * 1009 + step, allow_harmful_noise=True)
+    # Fig. 7 measures what the certified noise does, so a wrecked model is kept on purpose
+    steps = remove_in_sequence(
+        checkpoint.model, bundle, [{"indices": [index]} for index in order],
+        lambda step: UnlearnConfig(epsilon=epsilon, seed=seed * 1009 + step, allow_harmful_noise=True),
+        weight_decay=recipe.weight_decay, catch=(ValueError, FloatingPointError, RuntimeError))
+    for done, index in zip(steps, order):
+        step, model, request, result = done.step, done.model, done.request, done.result
         row = {"kind": "removal", "identity": identity, "epsilon": label(epsilon), "seed": seed,
                "step": step, "index": index}
-        tick = time.perf_counter()
-        try:
-            result = unlearn(model, request.forget, request.retain, config, weight_decay=recipe.weight_decay)
-            model = result.model
+        if result is not None:
             row.update(sigma=result.sigma, slices=[f"{s.module}[{s.index}]" for s in result.selected_slices],
                        parameters_updated=result.parameters_updated, error=None)
-        except (ValueError, FloatingPointError, RuntimeError) as error:
-            row.update(sigma=None, slices=[], parameters_updated=0, error=f"{type(error).__name__}: {error}")
-        row["unlearn_s"] = time.perf_counter() - tick
+        else:
+            row.update(sigma=None, slices=[], parameters_updated=0,
+                       error=f"{type(done.error).__name__}: {done.error}")
+        row["unlearn_s"] = done.seconds
         scrubbed = train.subset(order[:step])
         row.update(
             scrubbed_accuracy=accuracy(model, scrubbed.images, scrubbed.targets),

@@ -31,18 +31,18 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (print_results, COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, quick_suffix,  # noqa: E402
                           read_jsonl, save_figure, setup)
+from lcodec_core.audit import gradient_norm, weight_distance  # noqa: E402
 from lcodec_core.baselines import retrain  # noqa: E402
 from lcodec_core.config import UnlearnConfig  # noqa: E402
-from lcodec_core.requests import make_request  # noqa: E402
+from lcodec_core.sequence import remove_in_sequence  # noqa: E402
 from lcodec_core.unlearn import unlearn  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
-from models import Recipe, accuracy  # noqa: E402
+from models import accuracy  # noqa: E402
 
 NAME = "mnist_sequential"
 METHODS = ("lfoci", "random", "full-newton")
@@ -62,57 +62,39 @@ def configs(full_cg_iterations: int) -> dict[str, UnlearnConfig]:
     }
 
 
-def gradient_norm(model, images, targets, lam: float) -> float:
-    """|grad_w of mean CE + (lam/2)|w|^2| over the given data (lam = 0: the loss alone)."""
-    params = list(model.parameters())
-    loss = F.cross_entropy(model(images), targets)
-    if lam:
-        loss = loss + 0.5 * lam * sum(p.pow(2).sum() for p in params)
-    grads = torch.autograd.grad(loss, params)
-    return float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
-
-
-def flat(model) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-
-def relative_distance(model, reference) -> float:
-    return float((flat(model) - flat(reference)).norm() / flat(reference).norm())
-
-
 def run_seed(seed: int, args, checkpoint, bundle, writer: JsonlWriter) -> None:
-    recipe = Recipe.from_dict(checkpoint.metadata["recipe"])
+    recipe = checkpoint.recipe
     lam = recipe.weight_decay
     order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(seed))
     to_remove = order[:args.removals].tolist()
     settings = configs(args.full_cg_iterations)
     models = {name: checkpoint.model for name in METHODS}
+    # one sequence of removals per method, advanced in lockstep (step 1 of each, then step 2, ...)
+    sequences = {name: remove_in_sequence(
+        checkpoint.model, bundle, [{"indices": [index]} for index in to_remove],
+        lambda step, name=name: settings[name].with_(seed=seed * 100_003 + step), weight_decay=lam)
+        for name in METHODS}
     for step, index in enumerate(to_remove, start=1):
-        request = make_request(bundle, indices=[index], already_removed=to_remove[:step - 1])
         sample = bundle.train.subset([index])
         for name in METHODS:
-            config = settings[name].with_(seed=seed * 100_003 + step)
-            tick = time.perf_counter()
-            result = unlearn(models[name], request.forget, request.retain, config, weight_decay=lam)
-            seconds = time.perf_counter() - tick
+            done = next(sequences[name])
+            request, result, seconds = done.request, done.result, done.seconds
             if name == "full-newton" and step <= args.check_steps:
                 tight = unlearn(models[name], request.forget, request.retain,
-                                config.with_(cg_iterations=500), weight_decay=lam)
+                                settings[name].with_(seed=seed * 100_003 + step, cg_iterations=500),
+                                weight_decay=lam)
                 writer.write({"kind": "cg_check", "seed": seed, "step": step,
                               "cg_iterations": args.full_cg_iterations, "tight_iterations": 500,
-                              "relative_distance_to_tight": relative_distance(result.model, tight.model),
-                              "grad_norm_after": gradient_norm(result.model, request.retain.images,
-                                                               request.retain.targets, lam),
-                              "tight_grad_norm_after": gradient_norm(tight.model, request.retain.images,
-                                                                     request.retain.targets, lam)})
+                              "relative_distance_to_tight": weight_distance(result.model, tight.model),
+                              "grad_norm_after": gradient_norm(result.model, request.retain, lam),
+                              "tight_grad_norm_after": gradient_norm(tight.model, request.retain, lam)})
             models[name] = result.model
             writer.write({
                 "kind": "removal", "seed": seed, "step": step, "index": index, "method": name,
                 "retain_accuracy": accuracy(result.model, request.retain.images, request.retain.targets),
                 "test_accuracy": accuracy(result.model, bundle.test.images, bundle.test.targets),
-                "sample_grad_norm": gradient_norm(result.model, sample.images, sample.targets, 0.0),
-                "retain_grad_norm": gradient_norm(result.model, request.retain.images,
-                                                  request.retain.targets, lam),
+                "sample_grad_norm": gradient_norm(result.model, sample, 0.0),
+                "retain_grad_norm": gradient_norm(result.model, request.retain, lam),
                 "unlearn_s": seconds, "parameters_updated": result.parameters_updated,
                 "slices": [s.index for s in result.selected_slices] if name != "full-newton" else "all",
             })
@@ -128,8 +110,8 @@ def run_seed(seed: int, args, checkpoint, bundle, writer: JsonlWriter) -> None:
                 "test_accuracy": accuracy(model, bundle.test.images, bundle.test.targets),
                 "retain_accuracy": accuracy(model, request.retain.images, request.retain.targets),
                 "removed_accuracy": accuracy(model, removed.images, removed.targets),
-                "retain_grad_norm": gradient_norm(model, request.retain.images, request.retain.targets, lam),
-                "relative_distance_to_retrained": relative_distance(model, reference),
+                "retain_grad_norm": gradient_norm(model, request.retain, lam),
+                "relative_distance_to_retrained": weight_distance(model, reference),
             }
         writer.write(row)
         print(f"seed {seed} {step:4d} removals: " + "; ".join(

@@ -359,10 +359,12 @@ def show_session_notice() -> None:
 
 NARROW_PX = 768  # below this width Streamlit draws the sidebar over the page
 
-_FOLD_SIDEBAR_JS = """<!-- page: %s --><script>
-const doc = window.parent.document;
-if (window.parent.innerWidth < %d) {
-  const fold = doc.querySelector('[data-testid="stSidebarCollapseButton"] button');
+_FOLD_SIDEBAR_JS = """<script>
+const app = window.parent, page = "%s";
+const previous = app.__lcodecPage;
+app.__lcodecPage = page;
+if (previous !== undefined && previous !== page && app.innerWidth < %d) {
+  const fold = app.document.querySelector('[data-testid="stSidebarCollapseButton"] button');
   if (fold && fold.getBoundingClientRect().width > 0) fold.click();
 }
 </script>"""
@@ -372,8 +374,10 @@ def fold_sidebar_when_narrow(page_path: str) -> None:
     """On a phone-sized screen, fold the sidebar away after the user picked a page in it.
 
     Streamlit leaves the sidebar open over the content after a navigation on narrow screens.
-    The snippet runs once per page (the page's path is part of it, so a new page mounts it
-    again) in a zero-height component and clicks the sidebar's own fold button.
+    The snippet runs in a zero-height component (the page's path is part of it, so a new
+    page mounts it again) and clicks the sidebar's own fold button only when the page changed
+    since it last ran: never on the first load (Streamlit starts folded on phones) and never
+    on a redraw of the same page, so a sidebar the user just opened stays open.
     """
     components.html(_FOLD_SIDEBAR_JS % (html.escape(page_path or "start"), NARROW_PX), height=0)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -30,7 +31,8 @@ from lcodec_core.audit import audit_removal
 from lcodec_core.config import UnlearnConfig
 from lcodec_core.data import DataBundle, ImageDataset
 from lcodec_core.evaluation import evaluate
-from lcodec_core.requests import ForgetRequest, make_request
+from lcodec_core.requests import ForgetRequest
+from lcodec_core.sequence import remove_in_sequence
 from models import Recipe, accuracy, train
 
 from .workbench import Removal, Workbench, model_hash
@@ -46,22 +48,29 @@ def unlearn_fn():
     return unlearn
 
 
-def locked_unlearn(model, request: ForgetRequest, config: UnlearnConfig, report: Report,
+@contextmanager
+def engine_turn(report: Report):
+    """Hold :data:`ENGINE_LOCK`, reporting while another session's removal holds it."""
+    while not ENGINE_LOCK.acquire(timeout=0.5):
+        report({"phase": "probe", "fraction": 0.0,
+                "message": "waiting for another session's removal to finish"})
+    try:
+        yield
+    finally:
+        ENGINE_LOCK.release()
+
+
+def locked_unlearn(model, forget, retain, config: UnlearnConfig, report: Report, *,
                    weight_decay: float, held_out: ImageDataset | None):
-    """``unlearn`` under :data:`ENGINE_LOCK`, reporting while it waits for another session.
+    """``unlearn`` under :data:`ENGINE_LOCK` (same arguments as ``unlearn``).
 
     ``held_out``: photos never used in training (the bundle's test split), or None.
     Raises what ``unlearn`` raises, e.g. ``HarmfulNoiseError`` (nothing was changed then).
     """
     unlearn = unlearn_fn()
-    while not ENGINE_LOCK.acquire(timeout=0.5):
-        report({"phase": "probe", "fraction": 0.0,
-                "message": "waiting for another session's removal to finish"})
-    try:
-        return unlearn(model, request.forget, request.retain, config, report,
-                       weight_decay=weight_decay, held_out=held_out)
-    finally:
-        ENGINE_LOCK.release()
+    with engine_turn(report):
+        return unlearn(model, forget, retain, config, report, weight_decay=weight_decay,
+                       held_out=held_out)
 
 
 def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnConfig):
@@ -77,8 +86,8 @@ def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnCo
         report({"phase": "probe", "fraction": 0.0, "message": "measuring accuracy before"})
         before = workbench.metrics(model, hash_before, request)
         original_metrics = workbench.metrics(original, workbench.base_hash, request)
-        result = locked_unlearn(model, request, config, report, weight_decay,
-                                held_out_photos(bundle))
+        result = locked_unlearn(model, request.forget, request.retain, config, report,
+                                weight_decay=weight_decay, held_out=held_out_photos(bundle))
         after = evaluate(result.model, bundle, request)
         return Removal(request, config, result, before, after, original_metrics, hash_before,
                        model_hash(result.model), who=who)
@@ -168,32 +177,24 @@ def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
         return {"step": step, **cumulative_metrics(checkpoint.model, bundle, removed, identities)}
 
     def work(report: Report) -> dict:
-        model = start_model
-        removed, identities = list(already), list(already_identities)
         rows = [{"step": 0, "removed": "(none)", "seconds": 0.0,
-                 **cumulative_metrics(model, bundle, removed, identities)}]
+                 **cumulative_metrics(start_model, bundle, already, already_identities)}]
         report({"phase": "step", "fraction": 0.0, "row": rows[0], "message": "starting point"})
-        for step, target in enumerate(targets, start=1):
-            request = make_request(bundle, already_removed=removed, **target)
-            tick = time.perf_counter()
-
-            def on_progress(event, step=step):
-                report({**event, "step": step, "steps": len(targets)})
-
-            result = locked_unlearn(model, request, config, on_progress, weight_decay,
-                                    held_out_photos(bundle))
-            model = result.model
-            removed += request.forget_indices
-            if request.identity is not None:
-                identities.append(request.identity)
-            row = {"step": step, "removed": request.description,
-                   "seconds": time.perf_counter() - tick,
-                   **cumulative_metrics(model, bundle, removed, identities)}
+        model, removed, identities = start_model, list(already), list(already_identities)
+        for done in remove_in_sequence(start_model, bundle, targets, config,
+                                       weight_decay=weight_decay, held_out=held_out_photos(bundle),
+                                       already_removed=already,
+                                       already_identities=already_identities,
+                                       on_progress=report, remove=locked_unlearn):
+            model, removed, identities = done.model, list(done.removed), list(done.identities)
+            row = {"step": done.step, "removed": done.request.description,
+                   "seconds": done.seconds, **cumulative_metrics(model, bundle, removed, identities)}
             rows.append(row)
-            report({"phase": "step", "fraction": step / len(targets), "row": row,
-                    "message": f"removed {request.description}"})
+            report({"phase": "step", "fraction": done.step / len(targets), "row": row,
+                    "message": f"removed {done.request.description}"})
             if reference == "each":
-                report({"phase": "reference", "row": retrained_row(step, removed, identities, report)})
+                report({"phase": "reference",
+                        "row": retrained_row(done.step, removed, identities, report)})
         if reference == "final" and targets:
             report({"phase": "reference",
                     "row": retrained_row(len(targets), removed, identities, report)})
