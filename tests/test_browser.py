@@ -262,6 +262,9 @@ def test_narrow_layout_folds_the_sidebar_after_navigation(server, browser):
     page.get_by_role("heading", name="Make a model forget a person").wait_for(timeout=60_000)
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.wait_for(state="hidden", timeout=10_000)         # folded on a phone from the start
+    # the page's fold helper (widgets.fold_sidebar_when_narrow) has loaded, as it has long
+    # before a person's first tap
+    page.wait_for_function("() => window.__lcodecPage !== undefined", timeout=60_000)
     page.locator('[data-testid="stExpandSidebarButton"]').click()
     sidebar.wait_for(state="visible", timeout=10_000)
     page.get_by_role("link", name="Forget").first.click()
