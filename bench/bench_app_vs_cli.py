@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "app"))
 from lcodec_app import work  # noqa: E402
 from lcodec_app.jobs import Job  # noqa: E402
 from lcodec_app.workbench import ModelKey, SharedBase, Workbench  # noqa: E402
-from lcodec_core.block import warm_up  # noqa: E402
-from lcodec_core.config import UnlearnConfig  # noqa: E402
+from lcodec_core.unlearning.block import warm_up  # noqa: E402
+from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.removal import run_removal  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402

@@ -7,7 +7,7 @@ computation in this engine; here one Newton step, the paper's full-Hessian basel
 the engine's default 5 damped steps over all 35k weights take minutes on 2 cores), finetune,
 negrad, and retrain (from scratch, the checkpoint's
 recipe: the reference every other model is compared with). Each result is audited with
-``lcodec_core.audit.audit_removal`` (accuracies, loss-attack MIA AUC, confidence-SVC
+``lcodec_core.audit.comparison.audit_removal`` (accuracies, loss-attack MIA AUC, confidence-SVC
 MIA-efficacy, KL / L1 to the retrained model's outputs, relative weight distance) and timed.
 Methods whose result depends on the seed (lfoci, random, top1, finetune, negrad) run for every
 seed; full-newton and retrain are deterministic and run once per identity.
@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_results, quick_suffix, RESULTS, JsonlWriter, fmt, load, read_jsonl, save_figure, setup  # noqa: E402
-from lcodec_core.config import UnlearnConfig  # noqa: E402
+from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
-from lcodec_core.unlearn import unlearn  # noqa: E402
+from lcodec_core.unlearning.unlearn import unlearn  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
 from models import Recipe  # noqa: E402
 
@@ -43,7 +43,7 @@ ORDER = ("original", "lfoci", "random", "top1", "full-newton", "finetune", "negr
 
 
 def run(args, writer: JsonlWriter) -> None:
-    from lcodec_core.audit import audit_removal
+    from lcodec_core.audit.comparison import audit_removal
 
     checkpoint, bundle = load_or_train("olivetti", "small_cnn")
     recipe = Recipe.from_dict(checkpoint.metadata["recipe"])

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lcodec_core.dependence import codec, foci  # noqa: E402
-from lcodec_core.ranks import max_ranks  # noqa: E402
+from lcodec_core.dependence.ranks import max_ranks  # noqa: E402
 
 SECTION = "## L-CODEC and L-FOCI"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"

@@ -4,7 +4,7 @@ For each epsilon in ``--epsilons`` (``none`` = no noise, no guarantee) and each 
 the trained small CNN and remove the 8 training images of ``--identity`` one at a time (the
 order drawn from the seed), each with the engine's default L-FOCI + block Newton removal and
 N(0, sigma^2) on the selected block, sigma from (epsilon, delta = 1e-5) with the true n and k = 1
-(lcodec_core/noise.py). After every removal: "scrubbed" accuracy (the person's images removed
+(lcodec_core/unlearning/noise.py). After every removal: "scrubbed" accuracy (the person's images removed
 so far), the person's held-out accuracy, "residual" accuracy (retained training images) and
 test accuracy on the other people, sigma and seconds. A removal that the engine refuses (for
 example a constant loss after noise destroyed the model) is recorded with its error and the
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import print_results, quick_suffix, COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, read_jsonl, save_figure, setup  # noqa: E402,F401
-from lcodec_core.config import UnlearnConfig  # noqa: E402
+from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.sequence import remove_in_sequence  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
 from models import accuracy  # noqa: E402

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (print_results, COLORS, RESULTS, JsonlWriter, band_traces, fmt, load, mean_sd, quick_suffix,  # noqa: E402
                           read_jsonl, save_figure, setup)
-from lcodec_core.audit import gradient_norm, weight_distance  # noqa: E402
-from lcodec_core.baselines import retrain  # noqa: E402
-from lcodec_core.config import UnlearnConfig  # noqa: E402
+from lcodec_core.audit.comparison import gradient_norm, weight_distance  # noqa: E402
+from lcodec_core.unlearning.baselines import retrain  # noqa: E402
+from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.sequence import remove_in_sequence  # noqa: E402
-from lcodec_core.unlearn import unlearn  # noqa: E402
+from lcodec_core.unlearning.unlearn import unlearn  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
 from models import accuracy  # noqa: E402
 

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lcodec_core.block import warm_up  # noqa: E402
-from lcodec_core.config import UnlearnConfig  # noqa: E402
+from lcodec_core.unlearning.block import warm_up  # noqa: E402
+from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.removal import run_removal  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402

@@ -5,18 +5,18 @@ picks the parameter slices that carry a sample; one step along the forget set's 
 those slices, shaped by the retained data's curvature and sized per request, removes it
 (optionally with calibrated noise). This package is the engine: it never imports a UI library.
 """
-from .audit import audit_removal
-from .config import UnlearnConfig
+from .audit.comparison import audit_removal
+from .unlearning.config import UnlearnConfig
 from .data import DataBundle, DataError, ImageDataset, load_dataset
 from .dependence import FociResult, codec, foci
-from .evaluation import evaluate
-from .guarantee import GUARANTEES
+from .audit.evaluation import evaluate
+from .unlearning.guarantee import GUARANTEES
 from .paths import lcodec_home
 from .removal import RemovalOutcome, run_removal
 from .requests import ForgetRequest, make_request
-from .result import SelectedSlice, UnlearnResult
-from .unlearn import HarmfulNoiseError, unlearn
-from .verdict import Verdict, judge
+from .unlearning.result import SelectedSlice, UnlearnResult
+from .unlearning.unlearn import HarmfulNoiseError, unlearn
+from .audit.verdict import Verdict, judge
 from .zoo_cache import load_or_train
 
 __all__ = ["DataBundle", "DataError", "ImageDataset", "load_dataset", "load_or_train",

@@ -113,7 +113,7 @@ def _load_model(args, check_bundle=None):
 
 
 def _config_from_args(args):
-    from .config import UnlearnConfig
+    from .unlearning.config import UnlearnConfig
     return UnlearnConfig(
         method=args.method, num_perturbations=args.perturbations,
         perturbation_std=args.perturbation_std, max_slices=args.max_slices, rhs=args.rhs,
@@ -157,7 +157,7 @@ def cmd_unlearn(args) -> int:
     if args.save:
         _refuse_overwriting_the_original(args, checkpoint)
     request = request_for(bundle)
-    from .block import warm_up
+    from .unlearning.block import warm_up
     warm_up()
     outcome = run_removal(checkpoint, bundle, request, config,
                           compare_retrain=args.compare == "retrain", on_progress=_print_progress)
@@ -243,7 +243,7 @@ def cmd_audit(args) -> int:
     """Markdown audit of RESULT.json, or of a removal run now with unlearn's options."""
     from pathlib import Path
 
-    from .audit_report import write_audit_report
+    from .audit.report import write_audit_report
     if args.result is not None:
         if args.forget_identity is not None or args.forget_index is not None:
             raise ValueError("give either RESULT.json or --forget-identity/--forget-index, not both")
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model", default=None, help="zoo model name (default: the data set's)")
     prepare.set_defaults(run=cmd_prepare)
 
-    from .config import METHODS, SOLVERS, UnlearnConfig
+    from .unlearning.config import METHODS, SOLVERS, UnlearnConfig
     defaults = UnlearnConfig()
 
     def removal_args(p, target_required: bool = True):

@@ -14,15 +14,15 @@ from torch import nn
 
 from models import Checkpoint
 
-from .audit import audit_removal
-from .baselines import retrain
-from .config import UnlearnConfig
+from .audit.comparison import audit_removal
+from .unlearning.baselines import retrain
+from .unlearning.config import UnlearnConfig
 from .data import DataBundle
-from .evaluation import evaluate
+from .audit.evaluation import evaluate
 from .requests import ForgetRequest
-from .result import UnlearnResult
-from .unlearn import unlearn
-from .verdict import judge
+from .unlearning.result import UnlearnResult
+from .unlearning.unlearn import unlearn
+from .audit.verdict import judge
 
 
 STATIONARY_HEAD_MAX = 1e-3   # |grad F| of the head above this: warn (a polished head is ~1e-6)

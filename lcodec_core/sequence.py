@@ -13,10 +13,10 @@ from typing import Callable, Iterable, Iterator
 
 from torch import nn
 
-from .config import UnlearnConfig
+from .unlearning.config import UnlearnConfig
 from .data import DataBundle, ImageDataset
 from .requests import ForgetRequest, make_request
-from .result import UnlearnResult
+from .unlearning.result import UnlearnResult
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,12 @@ def remove_in_sequence(model: nn.Module, bundle: DataBundle, targets: Iterable[d
     ``targets``: dicts ``{"identity": k}`` or ``{"indices": [...]}`` (keywords of
     :func:`make_request`). ``config``: one config, or ``step -> config`` (e.g. a seed per
     step). ``on_progress`` receives the engine's events with ``step`` added. ``remove`` is
-    :func:`lcodec_core.unlearn.unlearn` unless given (the dashboard passes its locked call);
+    :func:`lcodec_core.unlearning.unlearn.unlearn` unless given (the dashboard passes its locked call);
     it is called as ``remove(model, forget, retain, config, on_progress, weight_decay=,
     held_out=)``. ``model`` is never modified.
     """
     if remove is None:
-        from .unlearn import unlearn as remove
+        from .unlearning.unlearn import unlearn as remove
     targets = list(targets)
     removed, identities = list(already_removed), list(already_identities)
     for step, target in enumerate(targets, start=1):

@@ -10,7 +10,7 @@ stationarity in any affordable time (310 s of full-batch L-BFGS on the default m
 
 Why it matters: the removal's right-hand side -grad F_r(w*) equals the forget set's gradient
 g_U only at a stationary point; elsewhere part of any update that uses it would happen with
-nothing removed (lcodec_core/forget_step.py reports that as the null control).
+nothing removed (lcodec_core/unlearning/forget_step.py reports that as the null control).
 """
 from __future__ import annotations
 

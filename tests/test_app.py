@@ -92,7 +92,7 @@ def test_url_carries_model_and_identity(trained):
 
 
 def test_guided_first_removal_forgets_the_person(removed, trained, engine_calls):
-    from lcodec_core.config import UnlearnConfig
+    from lcodec_core.unlearning.config import UnlearnConfig
     bench = removed.session_state["workbench"]
     assert [r.request.identity for r in bench.history] == [FORGET_ID]
     removal = bench.history[-1]
@@ -124,7 +124,7 @@ def test_guided_first_removal_forgets_the_person(removed, trained, engine_calls)
 def test_presets_are_gone_and_every_page_starts_from_the_engine_default(trained):
     import importlib.util
 
-    from lcodec_core.config import SOLVERS, UnlearnConfig
+    from lcodec_core.unlearning.config import SOLVERS, UnlearnConfig
     assert importlib.util.find_spec("lcodec_app.presets") is None
     default = UnlearnConfig()
     at = start_app()

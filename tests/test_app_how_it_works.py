@@ -65,7 +65,7 @@ def test_jiggled_copies_and_what_probing_records():
 
 def test_selection_figure_and_text_follow_pick_order():
     from lcodec_app import teaching
-    from lcodec_core.result import SelectedSlice
+    from lcodec_core.unlearning.result import SelectedSlice
     picks = [SelectedSlice("conv3", 4, 0.12, 1), SelectedSlice("fc", 5, 0.61, 0)]
     fig = teaching.selection_figure(picks)
     assert list(fig.data[0].x) == ["1. fc[5]", "2. conv3[4]"]
@@ -82,7 +82,7 @@ def test_selection_figure_and_text_follow_pick_order():
 
 def test_head_units_own_and_look_alike():
     from lcodec_app import teaching
-    from lcodec_core.result import SelectedSlice
+    from lcodec_core.unlearning.result import SelectedSlice
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 30))
     picks = [SelectedSlice("3", 0, 0.5, 0), SelectedSlice("1", 2, 0.2, 1),
              SelectedSlice("3", 22, 0.1, 2)]
@@ -123,8 +123,8 @@ def test_step_lines_say_honestly_who_did_the_work():
 
 def test_guarantee_and_audit_pieces():
     from lcodec_app import teaching
-    from lcodec_core.config import UnlearnConfig
-    from lcodec_core.guarantee import GUARANTEES
+    from lcodec_core.unlearning.config import UnlearnConfig
+    from lcodec_core.unlearning.guarantee import GUARANTEES
     rows = teaching.guarantee_rows("none")
     assert [r["label"] for r in rows] == list(GUARANTEES)
     assert [r["label"] for r in rows if r["this removal"]] == ["none"]

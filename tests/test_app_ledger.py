@@ -88,7 +88,7 @@ def test_only_a_certified_removal_records_an_epsilon(removed):
 def test_harmful_noise_is_refused_with_an_error_and_no_record(removed, ledger_path):
     """epsilon = 0.01 on the default model: the engine refuses the noise; the page says so as
     an error (no success banner, no crash), and nothing is committed or recorded."""
-    from lcodec_core.unlearn import HarmfulNoiseError
+    from lcodec_core.unlearning.unlearn import HarmfulNoiseError
     at = start_app({"identity": str(OTHER_ID)})
     at.switch_page("views/forget.py").run()
     at.toggle(key="forget_noise").set_value(True).run()

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from apptest import APP, APP_DIR, FORGET_ID, assert_clean, finish, start_app
 from lcodec_app import attributions, charts, widgets
-from lcodec_core.result import SelectedSlice
+from lcodec_core.unlearning.result import SelectedSlice
 
 BA, SLICES = "views/before_after.py", "views/slices.py"
 FORGOTTEN, KEPT = "The forgotten photos", "Other people (kept)"

@@ -1,4 +1,4 @@
-"""The audit (lcodec_core.audit, audit_report, ``audit`` command) on tiny models with known answers."""
+"""The audit (lcodec_core.audit.comparison, audit_report, ``audit`` command) on tiny models with known answers."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import lcodec_core.paths
-from lcodec_core.audit import (audit_removal, gradient_norm, membership_inference,
+from lcodec_core.audit.comparison import (audit_removal, gradient_norm, membership_inference,
                                output_distance, per_identity_accuracy, weight_distance)
-from lcodec_core.audit_report import write_audit_report
+from lcodec_core.audit.report import write_audit_report
 from lcodec_core.data import DataBundle, ImageDataset
 from lcodec_core.requests import make_request
 

@@ -21,10 +21,10 @@ from torch.autograd.functional import hessian as autograd_hessian
 from torch.autograd.functional import jacobian as autograd_jacobian
 from torch.nn import functional as F
 
-from lcodec_core.block import BlockObjective
-from lcodec_core.newton import block_newton, conjugate_gradient, solve_explicit
-from lcodec_core.slices import SliceRef, slice_parameter_rows
-from lcodec_core.suffix import split_model
+from lcodec_core.unlearning.block import BlockObjective
+from lcodec_core.unlearning.newton import block_newton, conjugate_gradient, solve_explicit
+from lcodec_core.unlearning.slices import SliceRef, slice_parameter_rows
+from lcodec_core.unlearning.suffix import split_model
 from models.zoo import MLP, LogisticRegression, SmallCNN
 
 DTYPE = torch.float64

@@ -1,4 +1,4 @@
-"""Block curvature (lcodec_core/curvature.py) and the per-sample gradients it is built from,
+"""Block curvature (lcodec_core/unlearning/curvature.py) and the per-sample gradients it is built from,
 against dense linear algebra and per-row autograd.
 
 - FisherCurvature: (G^T G / N + (lam + mu) I)^-1 b, by Woodbury when N <= p and by the
@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lcodec_core.block import BlockObjective
-from lcodec_core.curvature import (ConjugateGradientCurvature, ExplicitCurvature, FisherCurvature,
+from lcodec_core.unlearning.block import BlockObjective
+from lcodec_core.unlearning.curvature import (ConjugateGradientCurvature, ExplicitCurvature, FisherCurvature,
                                    curvature_effect)
-from lcodec_core.slices import enumerate_slices, slice_parameter_rows
+from lcodec_core.unlearning.slices import enumerate_slices, slice_parameter_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 

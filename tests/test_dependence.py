@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 import lcodec_core.dependence.inputs as dependence_inputs
 from lcodec_core.dependence import STOP_REASONS, FociResult, codec, foci
 from lcodec_core.dependence.neighbor_index import nearest_neighbor
-from lcodec_core.ranks import max_ranks
+from lcodec_core.dependence.ranks import max_ranks
 
 from lcodec_core.dependence import codec_estimator as codec_module  # noqa: E402
 from lcodec_core.dependence import foci_search as foci_module  # noqa: E402

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import DataBundle, ImageDataset
-from lcodec_core.probing import probe
+from lcodec_core.unlearning.probing import probe
 from lcodec_core.requests import make_request
-from lcodec_core.unlearn import unlearn
+from lcodec_core.unlearning.unlearn import unlearn
 
 LAM = 1e-2
 CLASSES = ["a", "b", "c"]
@@ -174,7 +174,7 @@ def test_nan_loss_during_probing_is_refused_before_lfoci(problem, monkeypatch):
     model, bundle = problem
     broken = copy.deepcopy(model)
     broken.fc2.register_forward_hook(lambda module, inputs, output: output * float("nan"))
-    import lcodec_core.selection as selection
+    import lcodec_core.unlearning.selection as selection
     monkeypatch.setattr(selection, "foci", lambda *a, **k: pytest.fail("NaN reached L-FOCI"))
     request = make_request(bundle, identity=0)
     refused(broken, lambda: unlearn(broken, request.forget, request.retain, FAST, weight_decay=LAM),
@@ -193,7 +193,7 @@ def test_infinite_activation_during_probing_names_the_slice(problem, monkeypatch
         return output
 
     broken.fc1.register_forward_hook(overflow)
-    import lcodec_core.selection as selection
+    import lcodec_core.unlearning.selection as selection
     monkeypatch.setattr(selection, "foci", lambda *a, **k: pytest.fail("inf reached L-FOCI"))
     request = make_request(bundle, identity=0)
     refused(broken, lambda: unlearn(broken, request.forget, request.retain, FAST, weight_decay=LAM),
@@ -235,7 +235,7 @@ def test_a_non_finite_result_is_never_returned(problem, monkeypatch, step_rule, 
     """If the step went non-finite, unlearn raises instead of returning the model: the default
     step (``targeted_step``) and the Newton iterations (``block_newton``) alike."""
     model, bundle = problem
-    engine = importlib.import_module("lcodec_core.unlearn")  # the package re-exports the function
+    engine = importlib.import_module("lcodec_core.unlearning.unlearn")  # the package re-exports the function
     real = getattr(engine, patched)
 
     def poisoned(*args, **kwargs):

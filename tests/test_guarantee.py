@@ -1,12 +1,12 @@
 """What a removal may claim, and how it is judged.
 
-- guarantee labels (lcodec_core/guarantee.py): "none" without noise (the default), "heuristic"
+- guarantee labels (lcodec_core/unlearning/guarantee.py): "none" without noise (the default), "heuristic"
   with noise on a block method (with the unmet assumptions listed), "certified" only for one
   exact full Newton step with g_U and noise on every parameter of a softmax regression, and
   "unchanged" (sigma 0) when no weight moved; ``is_convex_model``;
 - harmful noise: noise that leaves retained accuracy near chance is refused
   (``HarmfulNoiseError``, the input model untouched) unless ``allow_harmful_noise``;
-- verdicts (lcodec_core/verdict.py): identity forgotten / still recognised, damaged,
+- verdicts (lcodec_core/audit/verdict.py): identity forgotten / still recognised, damaged,
   unchanged, scattered photos whose target was met or not.
 """
 from __future__ import annotations
@@ -19,14 +19,14 @@ import torch
 from torch import nn
 
 from tiny import assert_state_equal, CLASSES, fit_adam, make_dataset, state_copy, TinyNet  # noqa: F401
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import DataBundle, ImageDataset
-from lcodec_core.evaluation import evaluate
-from lcodec_core.guarantee import GUARANTEES, guarantee_for, is_convex_model, unmet_assumptions
-from lcodec_core.noise import noise_sigma
+from lcodec_core.audit.evaluation import evaluate
+from lcodec_core.unlearning.guarantee import GUARANTEES, guarantee_for, is_convex_model, unmet_assumptions
+from lcodec_core.unlearning.noise import noise_sigma
 from lcodec_core.requests import make_request
-from lcodec_core.unlearn import HarmfulNoiseError, unlearn
-from lcodec_core.verdict import Verdict, judge
+from lcodec_core.unlearning.unlearn import HarmfulNoiseError, unlearn
+from lcodec_core.audit.verdict import Verdict, judge
 from models import accuracy
 
 LAM = 1e-2
@@ -203,7 +203,7 @@ def test_a_removal_that_moves_nothing_is_unchanged_and_gets_no_noise(data):
 
 def test_an_empty_selection_is_unchanged(network, data, monkeypatch):
     """The engine's no-slice branch (L-FOCI selected nothing), forced by an empty selection."""
-    engine = importlib.import_module("lcodec_core.unlearn")  # the package re-exports the function
+    engine = importlib.import_module("lcodec_core.unlearning.unlearn")  # the package re-exports the function
     monkeypatch.setattr(engine, "select_slices", lambda *args, **kwargs: ([], {"candidates": 0}))
     forget, retain = one_photo(data[0])
     before = state_copy(network)

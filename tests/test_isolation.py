@@ -58,7 +58,7 @@ def test_two_app_sessions_see_only_their_own_removal(trained_small_cnn):
 # ---------------------------------------------------------------- two threads, app engine layer
 def test_two_threads_through_the_engine_adapter(trained_small_cnn):
     from lcodec_app.work import removal_work
-    from lcodec_core.config import UnlearnConfig
+    from lcodec_core.unlearning.config import UnlearnConfig
     from lcodec_app.workbench import ModelKey, SharedBase, Workbench
     from lcodec_core.requests import make_request
     from models import state_hash
@@ -108,9 +108,9 @@ class TinyNet(nn.Module):
 def test_concurrent_unlearn_on_one_shared_model_object():
     """No adapter, no lock: ``unlearn`` itself never touches its input (its probing hooks go on
     a private copy), so two threads on one model get the results they get one at a time."""
-    from lcodec_core.config import UnlearnConfig
+    from lcodec_core.unlearning.config import UnlearnConfig
     from lcodec_core.data import ImageDataset
-    from lcodec_core.unlearn import unlearn
+    from lcodec_core.unlearning.unlearn import unlearn
     from models import state_hash
 
     generator = torch.Generator().manual_seed(0)
@@ -200,10 +200,10 @@ class Gate(nn.Module):
 
 def test_a_model_split_does_not_break_forwards_in_other_threads():
     """torch.fx patches ``nn.Module.__call__`` process-wide while it traces. The engine traces
-    each removal's model (lcodec_core/suffix.py); a page drawing or evaluating another model
+    each removal's model (lcodec_core/unlearning/suffix.py); a page drawing or evaluating another model
     in another thread at that moment must still work (it used to raise NameError: "module is
     not installed as a submodule"), and two traces at once must not undo each other's patches."""
-    from lcodec_core.suffix import split_model
+    from lcodec_core.unlearning.suffix import split_model
 
     started, release = threading.Event(), threading.Event()
     traced_model = nn.Sequential(nn.Linear(4, 4), Gate(started, release), nn.ReLU(), nn.Linear(4, 2))

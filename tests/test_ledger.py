@@ -320,7 +320,7 @@ def app_removal(before: str, after: str, guarantee: str, epsilon: float | None =
 
     import apptest  # noqa: F401  (puts app/ on sys.path)
     from lcodec_app.workbench import Removal
-    from lcodec_core.config import UnlearnConfig
+    from lcodec_core.unlearning.config import UnlearnConfig
     request = SimpleNamespace(identity=3, forget_indices=[24, 25], description="identity 3",
                               forget=SimpleNamespace(sources=["olivettifaces.mat#24",
                                                               "olivettifaces.mat#25"]))
@@ -389,7 +389,7 @@ def test_the_command_line_and_the_dashboard_write_the_same_row_layout(ledger):
     import apptest  # noqa: F401  (puts app/ on sys.path)
     from lcodec_app.records import entry_for
     from lcodec_core.ledger import METRIC_KEYS, entry_from_report
-    from lcodec_core.verdict import judge
+    from lcodec_core.audit.verdict import judge
     for guarantee, epsilon in (("certified", 1.0), ("heuristic", 1.0), ("none", None)):
         removal = app_removal("a", "b", guarantee, epsilon)
         report = {"dataset": "olivetti", "model": "small_cnn",

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from lcodec_core.config import UnlearnConfig
-from lcodec_core.probing import Probe
-from lcodec_core.selection import select_slices
-from lcodec_core.slices import SliceRef
+from lcodec_core.unlearning.config import UnlearnConfig
+from lcodec_core.unlearning.probing import Probe
+from lcodec_core.unlearning.selection import select_slices
+from lcodec_core.unlearning.slices import SliceRef
 
 
 def _slices(count):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import DataBundle
 from lcodec_core.sequence import remove_in_sequence
 from tiny import CLASSES, TinyNet, assert_state_equal, fit_adam, make_dataset, state_copy

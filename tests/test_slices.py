@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lcodec_core.slices import (ActivationRecorder, SliceRef, count_parameters, enumerate_slices,
+from lcodec_core.unlearning.slices import (ActivationRecorder, SliceRef, count_parameters, enumerate_slices,
                                 slice_parameter_rows)
 
 

@@ -1,4 +1,4 @@
-"""The default step rule (lcodec_core/step_rule.py, lcodec_core/forget_step.py): how far to step,
+"""The default step rule (lcodec_core/unlearning/step_rule.py, lcodec_core/unlearning/forget_step.py): how far to step,
 chosen per request by the forget target, with a guard on what must not change.
 
 - ``choose_step`` on synthetic closures with known thresholds: the smallest step meeting a
@@ -22,11 +22,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from tiny import CLASSES, fit_adam, make_dataset, TinyNet  # noqa: F401
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import ImageDataset
-from lcodec_core.step_rule import (RULES, StepProblem, StepTarget, build_target, choose_step,
+from lcodec_core.unlearning.step_rule import (RULES, StepProblem, StepTarget, build_target, choose_step,
                                    log_losses)
-from lcodec_core.unlearn import unlearn
+from lcodec_core.unlearning.unlearn import unlearn
 from models import accuracy
 
 LAM = 1e-2

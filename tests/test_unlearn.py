@@ -18,12 +18,12 @@ from torch.autograd.functional import hessian as autograd_hessian
 from torch.nn import functional as F
 
 from tiny import assert_state_equal, CLASSES, fit_adam, make_dataset, state_copy, TinyNet  # noqa: F401
-from lcodec_core.config import METHODS, UnlearnConfig
+from lcodec_core.unlearning.config import METHODS, UnlearnConfig
 from lcodec_core.data import ImageDataset
-from lcodec_core.noise import noise_sigma
-from lcodec_core.result import SelectedSlice, UnlearnResult
-from lcodec_core.slices import count_parameters, enumerate_slices, slice_parameter_rows
-from lcodec_core.unlearn import unlearn
+from lcodec_core.unlearning.noise import noise_sigma
+from lcodec_core.unlearning.result import SelectedSlice, UnlearnResult
+from lcodec_core.unlearning.slices import count_parameters, enumerate_slices, slice_parameter_rows
+from lcodec_core.unlearning.unlearn import unlearn
 from models import Recipe, accuracy, build_model, train
 
 LAM = 1e-2

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from lcodec_core.guarantee import GUARANTEES
-from lcodec_core.step_rule import target_status
+from lcodec_core.unlearning.guarantee import GUARANTEES
+from lcodec_core.unlearning.step_rule import target_status
 
 from . import charts
 from .teaching import number
@@ -41,7 +41,7 @@ def result_metrics(removal: Removal) -> None:
 
 
 def verdict_banner(removal: Removal) -> None:
-    """The removal judged from its numbers (:func:`lcodec_core.verdict.judge`), never assumed:
+    """The removal judged from its numbers (:func:`lcodec_core.audit.verdict.judge`), never assumed:
     green only when forgotten; a warning with what to try when still recognised or unchanged;
     an error when the model was damaged."""
     verdict = removal.verdict

@@ -22,7 +22,7 @@ import threading
 import streamlit as st
 
 from lcodec_core.data import DataBundle, load_dataset
-from lcodec_core.block import warm_up
+from lcodec_core.unlearning.block import warm_up
 from lcodec_core.zoo_cache import cache_path, load_or_train
 from models import Checkpoint, default_recipe, state_hash
 
@@ -303,7 +303,7 @@ def stopped_message(job: Job) -> str:
 
 def job_failure_message(job: Job) -> str:
     """What the page says about a failed job: a refusal of harmful noise is not a crash."""
-    from lcodec_core.unlearn import HarmfulNoiseError  # late, as work.unlearn_fn
+    from lcodec_core.unlearning.unlearn import HarmfulNoiseError  # late, as work.unlearn_fn
     if isinstance(job.error, HarmfulNoiseError):
         return (f"{job.label} was refused, and nothing was removed: {job.error}. In the settings "
                 "that option is 'Keep a wrecked model anyway'.")

@@ -25,11 +25,11 @@ from plotly.subplots import make_subplots
 from torch import nn
 from torch.nn import functional as F
 
-from lcodec_core.step_rule import target_status
+from lcodec_core.unlearning.step_rule import target_status
 from lcodec_core.dependence import STOP_REASONS, codec
-from lcodec_core.guarantee import GUARANTEES
-from lcodec_core.slices import ActivationRecorder, enumerate_slices
-from lcodec_core.verdict import Verdict, judge
+from lcodec_core.unlearning.guarantee import GUARANTEES
+from lcodec_core.unlearning.slices import ActivationRecorder, enumerate_slices
+from lcodec_core.audit.verdict import Verdict, judge
 from models.stationarity import head_module
 
 # The step "barely shaped by the curvature": the same thresholds as the step details panel.
@@ -167,7 +167,7 @@ def codec_figure(cases: tuple[CodecCase, ...]) -> go.Figure:
 
 # ---------------------------------------------------------------- 3. L-FOCI's picks
 def slice_label(selected) -> str:
-    """ "conv3[7]" for a :class:`lcodec_core.result.SelectedSlice` (or a dict of one)."""
+    """ "conv3[7]" for a :class:`lcodec_core.unlearning.result.SelectedSlice` (or a dict of one)."""
     module = selected["module"] if isinstance(selected, dict) else selected.module
     index = selected["index"] if isinstance(selected, dict) else selected.index
     return f"{module}[{index}]"
@@ -424,7 +424,7 @@ ACCURACIES = (
 
 
 def removal_verdict(removal) -> Verdict:
-    """The verdict of :func:`lcodec_core.verdict.judge` for ``removal``, read from its numbers."""
+    """The verdict of :func:`lcodec_core.audit.verdict.judge` for ``removal``, read from its numbers."""
     return judge(removal.before, removal.after, identity=removal.request.identity,
                  changed=removal.result.changed, step=removal.result.diagnostics.get("step"),
                  who=getattr(removal, "who", None))

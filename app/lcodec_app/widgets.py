@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 import streamlit.components.v1 as components
 
-from lcodec_core.config import SOLVERS, UnlearnConfig
+from lcodec_core.unlearning.config import SOLVERS, UnlearnConfig
 
 from . import state
 from .work import UNLEARN_PHASES

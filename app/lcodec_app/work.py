@@ -27,10 +27,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lcodec_core.audit import audit_removal
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.audit.comparison import audit_removal
+from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import DataBundle, ImageDataset
-from lcodec_core.evaluation import evaluate
+from lcodec_core.audit.evaluation import evaluate
 from lcodec_core.requests import ForgetRequest
 from lcodec_core.sequence import remove_in_sequence
 from models import Recipe, accuracy, train
@@ -44,7 +44,7 @@ ENGINE_LOCK = threading.Lock()  # one unlearn() at a time in this process (see a
 
 def unlearn_fn():
     """The engine's ``unlearn`` (imported late so the app starts even while it is edited)."""
-    from lcodec_core.unlearn import unlearn
+    from lcodec_core.unlearning.unlearn import unlearn
     return unlearn
 
 
@@ -102,7 +102,7 @@ def held_out_photos(bundle: DataBundle) -> ImageDataset | None:
 
 def retrain_work(workbench: Workbench, removal: Removal):
     """Work that retrains the architecture from scratch on the removal's retained data (the
-    reference) and audits the removal against it (:func:`lcodec_core.audit.audit_removal`).
+    reference) and audits the removal against it (:func:`lcodec_core.audit.comparison.audit_removal`).
 
     Returns (metrics on the request, seconds taken, the audit of original/unlearned/retrained).
     """
@@ -206,10 +206,10 @@ def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
 def noise_preview(workbench: Workbench, config: UnlearnConfig, forget_count: int,
                   retain_count: int) -> tuple[float, float]:
     """(sigma the engine would add for ``config``, median absolute weight of the session's
-    model), before any run: sigma from :func:`lcodec_core.noise.noise_sigma` with the same
+    model), before any run: sigma from :func:`lcodec_core.unlearning.noise.noise_sigma` with the same
     n = forget + retain, k and lam as ``unlearn``; 0.0 without noise or with nothing to forget.
     """
-    from lcodec_core.noise import noise_sigma
+    from lcodec_core.unlearning.noise import noise_sigma
     weights = torch.cat([p.detach().abs().flatten() for p in workbench.current.parameters()])
     median = float(weights.median())
     if config.epsilon is None or forget_count < 1 or retain_count < 1:

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import DataBundle
-from lcodec_core.evaluation import evaluate
+from lcodec_core.audit.evaluation import evaluate
 from lcodec_core.ledger import is_certified, privacy_spent
 from lcodec_core.requests import ForgetRequest
-from lcodec_core.result import UnlearnResult
-from lcodec_core.verdict import Verdict, judge
+from lcodec_core.unlearning.result import UnlearnResult
+from lcodec_core.audit.verdict import Verdict, judge
 from models import Checkpoint, state_hash
 
 # Built-in data sets and the zoo models offered for each (first = default).
@@ -62,11 +62,11 @@ class SharedBase:
 class Removal:
     """One applied removal: what was asked, with which settings, and what it did.
 
-    ``before``/``after``: :func:`lcodec_core.evaluation.evaluate` of the model before and
+    ``before``/``after``: :func:`lcodec_core.audit.evaluation.evaluate` of the model before and
     after this removal on its request; ``original``: the session's untouched base model on
     the same request. ``retrained`` (filled in by the Audit page): the same architecture
     retrained from scratch on ``request.retain``; ``audit`` (with it):
-    :func:`lcodec_core.audit.audit_removal` of the original, this removal's model and the
+    :func:`lcodec_core.audit.comparison.audit_removal` of the original, this removal's model and the
     retrained one. ``who``: how the verdict names what was removed ("person 05", "3 photos").
     """
     request: ForgetRequest
@@ -92,7 +92,7 @@ class Removal:
 
     @property
     def verdict(self) -> Verdict:
-        """What the numbers show (:func:`lcodec_core.verdict.judge`): never assumed."""
+        """What the numbers show (:func:`lcodec_core.audit.verdict.judge`): never assumed."""
         return judge(self.before, self.after, identity=self.request.identity,
                      changed=self.result.changed, step=self.result.diagnostics.get("step"),
                      who=self.who)
@@ -146,7 +146,7 @@ class Workbench:
         return list(self.bundle.classes)
 
     def metrics(self, model: nn.Module, model_digest: str, request: ForgetRequest) -> dict:
-        """:func:`lcodec_core.evaluation.evaluate` of ``model`` on ``request``, remembered by
+        """:func:`lcodec_core.audit.evaluation.evaluate` of ``model`` on ``request``, remembered by
         (model hash, request): a page redraw or a removal's "before" does not run the same
         0.4 s of forward passes again. ``model_digest`` must be ``model``'s :func:`model_hash`.
         """
@@ -176,7 +176,7 @@ class Workbench:
         """(epsilon, delta) spent by all removals under basic composition (sums).
 
         epsilon is None when any removal is not certified (no noise, heuristic noise, or no
-        weight moved; see :mod:`lcodec_core.guarantee`): no guarantee is claimed then, and
+        weight moved; see :mod:`lcodec_core.unlearning.guarantee`): no guarantee is claimed then, and
         delta sums only the certified removals. The ledger's rule:
         :func:`lcodec_core.ledger.privacy_spent`.
         """

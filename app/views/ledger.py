@@ -6,7 +6,7 @@ import streamlit as st
 
 from lcodec_app import records
 from lcodec_app.widgets import MISSING, NO_GUARANTEE, epsilon_text, explain, number, person
-from lcodec_core.guarantee import GUARANTEES
+from lcodec_core.unlearning.guarantee import GUARANTEES
 
 bench = st.session_state.workbench
 

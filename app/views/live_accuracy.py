@@ -8,7 +8,7 @@ from lcodec_app import charts, state, work
 from lcodec_app.jobs import Job
 from lcodec_app.widgets import (busy, explain, job_progress, number, pct, people_words,
                                 settings_form, show_job_error)
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.unlearning.config import UnlearnConfig
 
 bench = st.session_state.workbench
 bundle = bench.bundle

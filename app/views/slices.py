@@ -8,7 +8,7 @@ import streamlit as st
 from lcodec_app import attributions, charts
 from lcodec_app.panels import model_before, removal_chooser, step_details
 from lcodec_app.widgets import MISSING, explain, number, require_removal, unit_owner
-from lcodec_core.slices import sliced_modules
+from lcodec_core.unlearning.slices import sliced_modules
 from torch import nn
 
 bench = st.session_state.workbench

@@ -6,7 +6,7 @@ from lcodec_app.jobs import Job
 from lcodec_app.panels import result_panel
 from lcodec_app.widgets import explain, face, identity_picker, job_progress, pct, show_job_error, \
     thumbnails
-from lcodec_core.config import UnlearnConfig
+from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.requests import make_request
 
 bench = st.session_state.workbench

@@ -16,6 +16,7 @@ The package, one idea a module:
 - ``neighbor_index``: exact float64 nearest-neighbour search and the choice of backend.
 - ``column_search``: L-FOCI's batched search, the nearest neighbour in (S, a_j) for
   many candidate columns a_j at once.
+- ``ranks``: the max-ranks of the response that CODEC counts with.
 - ``arrays``: the numpy / torch helper layer under all of them.
 
 The modules are not named after the functions they define, so ``lcodec_core.dependence.codec``

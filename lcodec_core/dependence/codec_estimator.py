@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from lcodec_core.ranks import max_ranks
+from lcodec_core.dependence.ranks import max_ranks
 
 from .arrays import BLOCK_ELEMENTS, concat, exact_sum, host, index_like, sort_columns
 from .inputs import as_generator, check_backend, compute_device, design_matrix, rescale_if_extreme, response_values

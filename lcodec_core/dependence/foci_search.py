@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from lcodec_core.ranks import max_ranks
+from lcodec_core.dependence.ranks import max_ranks
 
 from .arrays import BLOCK_ELEMENTS, column_max, exact_sum, host, index_like, like, minimum
 from .codec_estimator import jitter

@@ -8,7 +8,7 @@ add up and deltas add up. It is the honest default (valid for any mechanisms, ad
 chosen); advanced composition would be tighter for many removals but needs assumptions we do
 not check.
 
-Only a removal labelled "certified" (:data:`lcodec_core.guarantee.GUARANTEES`) with an epsilon
+Only a removal labelled "certified" (:data:`lcodec_core.unlearning.guarantee.GUARANTEES`) with an epsilon
 spends an (epsilon, delta). Every other label voids the total guarantee, so the total epsilon
 is None (:class:`PrivacyCost`: infinite, and it says how many removals were not certified),
 never a sum that counts them as 0:
@@ -46,7 +46,7 @@ def privacy_spent(removals: Iterable[tuple[str | None, float | None, float | Non
     Parameters
     ----------
     removals : one ``(guarantee, epsilon, delta)`` per removal, in any order: its label from
-        :data:`lcodec_core.guarantee.GUARANTEES` and the (epsilon, delta) it ran with (either
+        :data:`lcodec_core.unlearning.guarantee.GUARANTEES` and the (epsilon, delta) it ran with (either
         may be None when no noise was asked for).
 
     Returns

@@ -120,7 +120,7 @@ class LedgerRow(RemovalEntry):
 
     @property
     def guarantee(self) -> str:
-        """The removal's label (:data:`lcodec_core.guarantee.GUARANTEES`), as recorded.
+        """The removal's label (:data:`lcodec_core.unlearning.guarantee.GUARANTEES`), as recorded.
 
         Rows recorded before the labels existed have none: they are read as "certified" when
         they hold an epsilon and noise was added (sigma None or > 0), else "none", which is
@@ -383,16 +383,16 @@ def removal_entry(*, model_before: str, model_after: str, dataset: str | None,
     model_before, model_after : state hashes of the model the removal started from and of
         the unlearned model.
     settings : ``UnlearnConfig.to_dict()``; its "method" is the row's method.
-    guarantee : the removal's label (:data:`lcodec_core.guarantee.GUARANTEES`).
+    guarantee : the removal's label (:data:`lcodec_core.unlearning.guarantee.GUARANTEES`).
     epsilon, delta : the (epsilon, delta) the removal ran with; recorded only when the
         removal is certified (:func:`.privacy.is_certified`), otherwise both are None:
         heuristic noise keeps its ``sigma`` but claims no epsilon.
-    before, unlearned : :func:`lcodec_core.evaluation.evaluate` of the model the removal
+    before, unlearned : :func:`lcodec_core.audit.evaluation.evaluate` of the model the removal
         started from and of the unlearned model, on the request.
     original : the same for the root model of the run (the dashboard's untouched base model);
         defaults to ``before`` (the command line starts from the model it loaded).
     retrained : the same for a model retrained without the forget set, if one was trained.
-    timings, verdict : the engine's timings and :meth:`lcodec_core.verdict.Verdict.to_dict`.
+    timings, verdict : the engine's timings and :meth:`lcodec_core.audit.verdict.Verdict.to_dict`.
 
     ``metrics`` always holds every key of :data:`METRIC_KEYS` (None where unknown). Rows
     recorded before this layout may lack some: the command line's had no "before" (its

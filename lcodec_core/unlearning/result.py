@@ -35,7 +35,7 @@ class UnlearnResult:
     timings: dict = field(default_factory=dict)
     peak_memory_mb: float = 0.0
     diagnostics: dict = field(default_factory=dict)
-    guarantee: str = "none"          # a key of lcodec_core.guarantee.GUARANTEES
+    guarantee: str = "none"          # a key of lcodec_core.unlearning.guarantee.GUARANTEES
     guarantee_reasons: list = field(default_factory=list)  # why it is not "certified"
 
     @property

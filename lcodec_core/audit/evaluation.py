@@ -7,8 +7,8 @@ from torch import nn
 
 from models.training import accuracy
 
-from .data import DataBundle
-from .requests import ForgetRequest
+from ..data import DataBundle
+from ..requests import ForgetRequest
 
 
 def evaluate(model: nn.Module, bundle: DataBundle, request: ForgetRequest) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dependence import foci
+from ..dependence import foci
 from .probing import Probe
 from .result import SelectedSlice
 from .slices import SliceRef

@@ -25,7 +25,7 @@ class UnlearnConfig:
                                      # with nothing removed) or -grad F_r(w) ("retain_gradient", which also
                                      # moves a non-stationary model with nothing removed; see the null control)
     step_rule: str = "target"        # "target": one step whose damping is chosen per request by the forget
-                                     # target (lcodec_core/step_rule.py); "newton": up to newton_steps damped
+                                     # target (lcodec_core/unlearning/step_rule.py); "newton": up to newton_steps damped
                                      # Newton iterations with a line search on F_r (exact solvers only)
     step_rounds: int = 4             # step_rule "target": at most this many steps, each from the forget gradient
                                      # at the current point (the curvature is reused), until the target is met

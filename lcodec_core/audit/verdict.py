@@ -1,7 +1,7 @@
 """Judge a removal from its numbers: forgotten, still recognised, damaged, or unchanged.
 
 Never assume success: the verdict reads the accuracies before and after (see
-:func:`lcodec_core.evaluation.evaluate`) and the engine's result, and says plainly what they
+:func:`lcodec_core.audit.evaluation.evaluate`) and the engine's result, and says plainly what they
 show, with what to try next when the removal fell short.
 
 - A whole person (``identity`` request): retraining never predicts a person with no training

@@ -37,9 +37,9 @@ from torch.nn import functional as F
 
 from models.training import predict
 
-from .data import DataBundle, ImageDataset
+from ..data import DataBundle, ImageDataset
 from .evaluation import evaluate
-from .requests import ForgetRequest
+from ..requests import ForgetRequest
 
 def _log_probs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """log softmax of the logits, shape (N, K), float64."""

@@ -25,7 +25,7 @@ import torch
 from .block import BlockObjective
 from .curvature import (ConjugateGradientCurvature, ExplicitCurvature, FisherCurvature,
                         curvature_effect)
-from .data import ImageDataset
+from ..data import ImageDataset
 from .step_rule import StepProblem, build_target, choose_step, log_losses
 
 

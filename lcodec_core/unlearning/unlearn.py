@@ -29,7 +29,7 @@ from .baselines import finetune, negrad, retrain
 from .block import BlockObjective
 from .config import SELECTION_METHODS, UnlearnConfig
 from .guarantee import guarantee_for
-from .data import ImageDataset
+from ..data import ImageDataset
 from .forget_step import forget_gradient, targeted_step
 from .memory import PeakMemory
 from .newton import block_newton

@@ -2,7 +2,7 @@
 damped Newton iterations)).
 
 One step solves (H + mu I) d = b on the block P and sets v <- v + d, where H is the exact
-Hessian of the retained objective f (see :class:`~lcodec_core.block.BlockObjective`) and
+Hessian of the retained objective f (see :class:`~lcodec_core.unlearning.block.BlockObjective`) and
     b = g_U = (1/(n-k)) sum_{i in U} [grad l(w*, z_i) + lam w*]     ("forget_gradient"), or
     b = -grad f(v)                                                   ("retain_gradient").
 The two agree at an exact optimum of the training objective; a trained network never is one,

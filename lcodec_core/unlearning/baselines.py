@@ -3,7 +3,7 @@
 - retrain: the same architecture trained from scratch on the retained data, same recipe.
 - finetune: a few epochs of the training objective on the retained data.
 - negrad: gradient ascent on the forget set (NegGrad), a few epochs.
-The full-model Newton step is :func:`lcodec_core.unlearn.unlearn` with method "full-newton".
+The full-model Newton step is :func:`lcodec_core.unlearning.unlearn.unlearn` with method "full-newton".
 Every function returns a new model; the input model is not modified.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from models import Recipe, train
 
-from .data import ImageDataset
+from ..data import ImageDataset
 
 
 def retrain(retain: ImageDataset, recipe: Recipe) -> nn.Module:
