@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from ..parallel.shard import ONE_PROCESS, RetainedShard
 from .suffix import split_model
 
 
@@ -46,11 +47,15 @@ class BlockObjective:
         intermediate activations); each pass has a fixed cost, so fewer, larger passes are faster.
     curvature_size : Hessian-vector products and the explicit Hessian average over a seeded
         random subsample of this many rows (None: all rows); f and grad f always use all rows.
+    shard : with W processes (:mod:`lcodec_core.parallel`), this process keeps only its
+        contiguous share of ``images`` and ``targets`` and every sum over rows is all-reduced;
+        ``count`` and ``curvature_count`` stay the global N. Default: one process, all rows.
     """
 
     def __init__(self, model: nn.Module, rows: dict[str, list[int]], images: torch.Tensor,
                  targets: torch.Tensor, weight_decay: float, batch_size: int | None = None,
-                 curvature_size: int | None = None, seed: int = 0, memory_budget: float = 2**28):
+                 curvature_size: int | None = None, seed: int = 0, memory_budget: float = 2**28,
+                 shard: RetainedShard = ONE_PROCESS):
         if not rows:
             raise ValueError("the parameter block is empty: select at least one slice")
         self.weight_decay = float(weight_decay)
@@ -66,6 +71,8 @@ class BlockObjective:
         # caller's model (its mode and buffers) is never touched.
         frozen_model = copy.deepcopy(model).eval()
         self.split = split_model(frozen_model, modules)
+        self.shard, self.count = shard, len(targets)           # N over all ranks
+        images, targets = shard.take(images), shard.take(targets)   # this rank's rows (all in one process)
         self.boundary = self.split.boundary_values(images.to(device), batch_size or 256)
         if batch_size is None:
             batch_size = max(1, int(memory_budget // (4 * 8 * max(self.boundary_numel, 1))))
@@ -74,12 +81,14 @@ class BlockObjective:
         self.frozen = {k: params[k] for k in suffix_params}
         self.buffers = {k: b for k, b in self.split.suffix.named_buffers()}
         self.targets = targets.to(device)
-        n = len(self.targets)
+        n = self.count
         if curvature_size is None or curvature_size >= n:
-            self.curvature_rows = torch.arange(n, device=device)
+            curvature_rows = torch.arange(n, device=device)
         else:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-            self.curvature_rows = order[:curvature_size].sort().values.to(device)
+            curvature_rows = order[:curvature_size].sort().values.to(device)
+        self.curvature_count = len(curvature_rows)                  # N_c over all ranks
+        self.curvature_rows = shard.local_rows(curvature_rows, n)   # this rank's, shard indices
         self.v0 = torch.cat([params[k][self.rows[k]].reshape(-1) for k in self.names])
 
     @property
@@ -110,13 +119,14 @@ class BlockObjective:
 
     def _batches(self, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
         rows = torch.arange(len(self.targets)) if rows is None else rows
-        return list(torch.split(rows, self.batch_size))
+        return [index for index in torch.split(rows, self.batch_size) if len(index)]
 
     def loss(self, v: torch.Tensor) -> float:
         """f(v) as a float."""
         with torch.no_grad():
             data = sum(float(self._batch_loss(v, index)) for index in self._batches())
-        return data / len(self.targets) + 0.5 * self.weight_decay * float(v.double().pow(2).sum())
+        data = self.shard.sum_float(data, "loss")
+        return data / self.count + 0.5 * self.weight_decay * float(v.double().pow(2).sum())
 
     def gradient(self, v: torch.Tensor) -> torch.Tensor:
         """grad f(v), shape (p,)."""
@@ -124,7 +134,8 @@ class BlockObjective:
         for index in self._batches():
             w = v.detach().requires_grad_(True)
             total += torch.autograd.grad(self._batch_loss(w, index), w)[0]
-        return total / len(self.targets) + self.weight_decay * v
+        total = self.shard.all_reduce_sum(total, "gradient")
+        return total / self.count + self.weight_decay * v
 
     def _gradient_graphs(self, v: torch.Tensor):
         """Per curvature batch: (w, grad of the batch's summed loss at w with create_graph)."""
@@ -151,12 +162,13 @@ class BlockObjective:
         rows = len(self.curvature_rows)
         keep = 2 * 8 * 4 * self.boundary_numel * rows <= budget
         graphs = list(self._gradient_graphs(v)) if keep else None
-        scale = 1.0 / rows
+        scale = 1.0 / self.curvature_count
 
         def product(u: torch.Tensor) -> torch.Tensor:
             total = torch.zeros_like(v)
             for w, g in (graphs if keep else self._gradient_graphs(v)):
                 total += torch.autograd.grad(g, w, grad_outputs=u, retain_graph=keep)[0]
+            total = self.shard.all_reduce_sum(total, "hvp")
             return total * scale + self.weight_decay * u
 
         product.keeps_graphs = keep
@@ -225,6 +237,7 @@ class BlockObjective:
                 basis = eye[start:start + chunk]
                 hessian[start:start + chunk] += torch.autograd.grad(
                     g, w, grad_outputs=basis, is_grads_batched=True, retain_graph=True)[0]
-        hessian = hessian.double() / len(self.curvature_rows)
+        hessian = self.shard.all_reduce_sum(hessian, "hessian")
+        hessian = hessian.double() / self.curvature_count
         hessian = 0.5 * (hessian + hessian.T)
         return hessian + self.weight_decay * torch.eye(p, dtype=torch.float64, device=v.device)

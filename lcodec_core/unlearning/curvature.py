@@ -12,7 +12,10 @@ values of mu per request, so the factorisation is done once and each solve is ch
   min(N, p) dimensions. With B = G / sqrt(N) and N <= p the Woodbury identity gives
       (B^T B + a I)^-1 b = (b - B^T U diag(1 / (s + a)) U^T B b) / a,   B B^T = U diag(s) U^T,
   otherwise (p < N) B^T B = V diag(s) V^T is decomposed directly. Memory: G, never p x p
-  when p > N.
+  when p > N. Split over W processes (:mod:`lcodec_core.parallel`), each holds its rows G_r:
+  for p < N the p x p sum G^T G = sum_r G_r^T G_r is all-reduced (8 p^2 bytes), for N <= p
+  the rows are all-gathered (8 N p bytes); either way 8 p min(N, p) bytes, never more than
+  the single-process form already holds in memory.
 - :class:`ExplicitCurvature` (``solver="explicit"``): the exact p x p Hessian block
   (p Hessian-vector products), eigendecomposed; reports the smallest eigenvalue.
 - :class:`ConjugateGradientCurvature` (``solver="cg"``): exact Hessian-vector products, one
@@ -26,27 +29,36 @@ import math
 
 import torch
 
+from ..parallel.shard import ONE_PROCESS, RetainedShard
 from .newton import conjugate_gradient
 
 
 class FisherCurvature:
-    """H = G^T G / N + lam I from per-sample gradients ``G`` (N, p); solves in float64."""
+    """H = G^T G / N + lam I from per-sample gradients ``G`` (N, p); solves in float64.
+
+    With ``shard`` (W processes), ``per_sample_gradients`` is this rank's rows G_r (N_r, p)
+    and N counts every rank's rows; every rank ends with the same factorisation."""
 
     kind = "fisher"
 
-    def __init__(self, per_sample_gradients: torch.Tensor, weight_decay: float):
-        gradients = per_sample_gradients.double()                       # (N, p)
-        count, self.size = gradients.shape
+    def __init__(self, per_sample_gradients: torch.Tensor, weight_decay: float,
+                 shard: RetainedShard = ONE_PROCESS):
+        gradients = per_sample_gradients.double()                       # (N_r, p); N_r = N in one process
+        self.size = gradients.shape[1]
+        count = shard.count(len(gradients), "fisher_count")             # N
         self.weight_decay = float(weight_decay)
         self.rows = count
-        self.mean_gradient = gradients.mean(0) if count else torch.zeros(self.size, dtype=torch.float64)
-        scaled = gradients / math.sqrt(max(count, 1))                   # B (N, p)
+        self.mean_gradient = (shard.mean_rows(gradients, "fisher_mean") if count
+                              else torch.zeros(self.size, dtype=torch.float64))
+        scaled = gradients / math.sqrt(max(count, 1))                   # B (N_r, p)
         self._dual = count <= self.size
         if self._dual:
+            scaled = shard.gather_rows(scaled, "fisher_rows")           # B (N, p), every rank's rows
             values, vectors = torch.linalg.eigh(scaled @ scaled.T)      # (N,), (N, N)
             self._basis = scaled.T @ vectors                            # B^T U (p, N)
         else:
-            values, vectors = torch.linalg.eigh(scaled.T @ scaled)      # (p,), (p, p)
+            gram = shard.all_reduce_sum(scaled.T @ scaled, "fisher_gram")   # B^T B (p, p)
+            values, vectors = torch.linalg.eigh(gram)                   # (p,), (p, p)
             self._basis = vectors
         self._values = values.clamp_min(0.0)
         self.largest_eigenvalue = float(self._values.max()) + self.weight_decay if count else self.weight_decay

@@ -49,7 +49,7 @@ def block_curvature(objective: BlockObjective, solver: str, *, explicit_max_para
     ``explicit_max_params`` scalars, else cg), built once at the trained weights."""
     v0, lam = objective.v0, objective.weight_decay
     if solver == "fisher":
-        return FisherCurvature(objective.per_sample_gradients(v0), lam)
+        return FisherCurvature(objective.per_sample_gradients(v0), lam, objective.shard)
     if solver == "auto":
         solver = "explicit" if objective.size <= explicit_max_params else "cg"
     if solver == "explicit":
@@ -77,11 +77,11 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
     forget_targets = forget.targets.to(device)
     forget_rows = objective.per_sample_gradients(v0, forget_boundary, forget_targets)   # (k, p)
     g_forget = forget_gradient(objective, forget, n, per_sample=forget_rows)           # (p,)
-    all_rows = len(objective.curvature_rows) == len(objective.targets)
+    all_rows = objective.curvature_count == objective.count
     if config.solver == "fisher" and all_rows:
         # the per-sample pass also gives the retained logits at w*, for the guard's floor
         per_sample, before_retain = objective.per_sample_gradients(v0, with_logits=True)
-        curvature = FisherCurvature(per_sample, lam)
+        curvature = FisherCurvature(per_sample, lam, objective.shard)
     else:
         curvature = block_curvature(objective, config.solver,
                                     explicit_max_params=config.explicit_max_params,
@@ -104,7 +104,7 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
         held_targets = held_out.targets.to(device)
     num_classes = before_retain.shape[1]
     target, guard_rows = build_target(forget_targets, objective.targets, num_classes, before_retain,
-                                      held_logits, held_targets)
+                                      held_logits, held_targets, retained=objective.shard)
     guard_boundary = None if guard_rows is None else [b[guard_rows] for b in held_boundary]
     smallest = curvature.smallest_eigenvalue
     v, choices, rhs_first, last_progress, remeasured = v0, [], rhs, float("-inf"), False
@@ -126,7 +126,8 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
             forget_targets=forget_targets, retain_targets=objective.targets,
             held_out_targets=None if guard_rows is None else held_targets[guard_rows],
             block_norm=float(v0.norm()), rhs_norm=float(rhs.norm()), weight_decay=lam,
-            smallest_damping=0.0 if smallest is None or smallest > 0.1 * lam else -smallest + lam)
+            smallest_damping=0.0 if smallest is None or smallest > 0.1 * lam else -smallest + lam,
+            retained=objective.shard)
         choice = choose_step(problem, target)
         progress = float(log_losses(objective.logits(base + choice.step, forget_boundary),
                                     forget_targets).mean())
@@ -142,7 +143,7 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
             remeasured = True   # once: each measurement costs as much as the first
             # The retained rows were fitted confidently at w*, so their curvature there barely
             # sees what breaks them; measured again where the guard stopped us, it does.
-            curvature = FisherCurvature(objective.per_sample_gradients(v), lam)
+            curvature = FisherCurvature(objective.per_sample_gradients(v), lam, objective.shard)
     step = v - v0
     first_damping = choices[0].damping
     control = curvature.solve(control_rhs, first_damping)
@@ -150,7 +151,7 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
     first_step_norm = float(choices[0].step.norm())
     report = {
         "curvature": curvature.kind, "rhs": config.rhs, "parameters": objective.size,
-        "curvature_rows": getattr(curvature, "rows", len(objective.curvature_rows)),
+        "curvature_rows": getattr(curvature, "rows", objective.curvature_count),
         "smallest_eigenvalue": curvature.smallest_eigenvalue,
         "largest_eigenvalue": curvature.largest_eigenvalue,
         **choice.report(),

@@ -35,6 +35,8 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from ..parallel.shard import ONE_PROCESS, RetainedShard
+
 RULES = {
     "removed_class": "smallest step after which no forgotten photo of a removed class is "
                      "predicted as it and its loss is at least ln K",
@@ -120,7 +122,12 @@ def log_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return losses.clamp_min(1e-12).log()
 
 
-def accuracy_of(logits: torch.Tensor, targets: torch.Tensor) -> float:
+def accuracy_of(logits: torch.Tensor, targets: torch.Tensor,
+                retained: RetainedShard = ONE_PROCESS) -> float:
+    """Share of rows whose logits (M, K) pick their target (M,); over every rank's rows when
+    ``retained`` splits them (nan for no rows)."""
+    if retained.distributed:
+        return retained.mean((logits.argmax(1) == targets).double(), "accuracy")
     return float((logits.argmax(1) == targets).double().mean()) if len(targets) else float("nan")
 
 
@@ -130,6 +137,8 @@ class StepProblem:
 
     solve(mu) -> d (p,); forget_logits(d), retain_logits(d), held_out_logits(d) -> (M, K)
     logits of the changed model (held_out_logits None when there is no held-out data).
+    ``retained``: how the retained rows are split over processes (retain_logits and
+    retain_targets are this rank's rows); default one process.
     """
     solve: Callable[[float], torch.Tensor]
     forget_logits: Callable[[torch.Tensor], torch.Tensor]
@@ -142,6 +151,7 @@ class StepProblem:
     rhs_norm: float
     weight_decay: float
     smallest_damping: float = 0.0            # mu must stay above this (indefinite exact Hessian)
+    retained: RetainedShard = ONE_PROCESS    # the retained rows' split over processes
 
 
 def _check(problem: StepProblem, target: StepTarget, mu: float, step: torch.Tensor,
@@ -163,7 +173,8 @@ def _check(problem: StepProblem, target: StepTarget, mu: float, step: torch.Tens
         else:
             check.target_met &= mu <= problem.smallest_damping
     if guard:
-        check.retain_accuracy = accuracy_of(problem.retain_logits(step), problem.retain_targets)
+        check.retain_accuracy = accuracy_of(problem.retain_logits(step), problem.retain_targets,
+                                            problem.retained)
         check.guard_ok = check.retain_accuracy >= target.retain_accuracy_floor
         if problem.held_out_logits is not None and target.held_out_accuracy_floor is not None:
             check.held_out_accuracy = accuracy_of(problem.held_out_logits(step),
@@ -222,14 +233,17 @@ def choose_step(problem: StepProblem, target: StepTarget, *, bisections: int = 6
 def build_target(forget_targets: torch.Tensor, retain_targets: torch.Tensor, num_classes: int,
                  retain_logits: torch.Tensor, held_out_logits: torch.Tensor | None = None,
                  held_out_targets: torch.Tensor | None = None, *, retain_tolerance: float = 0.01,
-                 held_out_tolerance: float = 0.03) -> tuple[StepTarget, torch.Tensor | None]:
+                 held_out_tolerance: float = 0.03,
+                 retained: RetainedShard = ONE_PROCESS) -> tuple[StepTarget, torch.Tensor | None]:
     """The target and guard for one request, from the model before the removal.
 
     forget_targets (k,), retain_targets (N,) long; retain_logits (N, K) and held_out_logits
     (M, K) of the model before. Returns (target, guard_rows): ``guard_rows`` (M,) bool selects
     the held-out photos the guard watches (those of classes that are not removed), or None.
+    With ``retained`` split over processes, retain_targets and retain_logits are this rank's
+    rows and both the removed classes and the guard's floor read every rank's.
     """
-    removed = ~torch.isin(forget_targets, retain_targets)
+    removed = ~retained.any_rows(torch.isin(forget_targets, retain_targets), "classes")
     reference, guard_rows, held_out_floor = None, None, None
     if held_out_logits is not None and held_out_targets is not None and len(held_out_targets):
         scattered_classes = forget_targets[~removed].unique()
@@ -242,7 +256,7 @@ def build_target(forget_targets: torch.Tensor, retain_targets: torch.Tensor, num
                                          held_out_targets[guard_rows]) - held_out_tolerance
         else:
             guard_rows = None
-    retain_floor = accuracy_of(retain_logits, retain_targets) - retain_tolerance
+    retain_floor = accuracy_of(retain_logits, retain_targets, retained) - retain_tolerance
     target = StepTarget(removed=removed, reference_log_loss=reference,
                         minimum_removed_loss=math.log(num_classes),
                         retain_accuracy_floor=retain_floor, held_out_accuracy_floor=held_out_floor)

@@ -30,6 +30,7 @@ from .block import BlockObjective
 from .config import SELECTION_METHODS, UnlearnConfig
 from .guarantee import guarantee_for
 from ..data import ImageDataset
+from ..parallel.shard import ONE_PROCESS, RetainedShard
 from .forget_step import forget_gradient, targeted_step
 from .memory import PeakMemory
 from .newton import block_newton
@@ -82,7 +83,8 @@ class HarmfulNoiseError(ValueError):
 def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
             config: UnlearnConfig = UnlearnConfig(), on_progress: ProgressFn | None = None, *,
             weight_decay: float | None = None, recipe=None,
-            held_out: ImageDataset | None = None) -> UnlearnResult:
+            held_out: ImageDataset | None = None,
+            shard: RetainedShard = ONE_PROCESS) -> UnlearnResult:
     """Remove ``forget`` from ``model`` (trained on forget + retain).
 
     Parameters
@@ -97,6 +99,9 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
     held_out : photos not used in training (e.g. the test split). The step rule reads the
         loss of held-out photos of the forgotten photos' classes as the level a never-seen
         photo has, and guards other classes' held-out accuracy. Optional.
+    shard : this process's share of the retained rows when W processes run the removal
+        together (:func:`lcodec_core.parallel.unlearn_distributed` sets it; every rank passes
+        the same arguments). Default: one process, nothing communicated.
 
     Returns
     -------
@@ -110,6 +115,9 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
     near chance and ``config.allow_harmful_noise`` is False.
     """
     _check_inputs(model, forget, retain)
+    if shard.distributed and config.method in ("retrain", "finetune", "negrad"):
+        raise ValueError(f"method {config.method!r} is a baseline that runs in one process; "
+                         f"several workers split the block removal's retained sums only")
     lam = config.weight_decay or weight_decay or (recipe.weight_decay if recipe is not None else None)
     if not lam or not math.isfinite(lam) or lam <= 0:
         raise ValueError(f"weight_decay (lam of the training objective) must be a finite number "
@@ -125,7 +133,7 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
             diagnostics["changed"] = True
         else:
             new_model, selected, rows, diagnostics = _block_newton_removal(
-                model, forget, retain, held_out, config, lam, on_progress, timings)
+                model, forget, retain, held_out, config, lam, on_progress, timings, shard)
         changed = diagnostics["changed"]
         sigma = noise_sigma(epsilon=config.epsilon, delta=config.delta, n=n, k=k, weight_decay=lam,
                             hessian_lipschitz=config.hessian_lipschitz,
@@ -203,7 +211,8 @@ def _baseline(model, forget, retain, config, lam, recipe, on_progress, timings):
     return new_model, [], None, {"baseline": config.method}
 
 
-def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progress, timings):
+def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progress, timings,
+                          shard=ONE_PROCESS):
     slices = enumerate_slices(model)
     if not slices:
         raise ValueError("the model has no Conv2d or Linear layer to update")
@@ -212,7 +221,7 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
     diagnostics: dict = {}
 
     tick = time.perf_counter()
-    if method != "all":
+    if method != "all" and shard.rank == 0:   # forget set only: rank 0 probes and selects, then sends
         _emit(on_progress, "probe", 0.0,
               f"probing {len(forget)} image(s) x {config.num_perturbations} perturbations")
         table = probe(model, forget.images, forget.targets, num_perturbations=config.num_perturbations,
@@ -233,6 +242,8 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
             pooling=config.probe_pooling)
         if config.class_units and method in ("lfoci", "top1"):
             selected = _with_class_units(model, selected, slices, forget, retain, diagnostics["selection"])
+    selected, diagnostics["selection"] = shard.from_rank0(
+        lambda: (selected, diagnostics["selection"]), "selection")   # the same block on every rank
     timings["select_s"] = time.perf_counter() - tick
     _emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
     if not selected:
@@ -245,7 +256,8 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
     rows = slice_parameter_rows(model, [by_ref[(s.module, s.index)] for s in selected])
     data = _subsample(retain, config.retain_subsample, config.seed)
     objective = BlockObjective(model, rows, data.images, data.targets, lam,
-                               curvature_size=config.curvature_subsample, seed=config.seed)
+                               curvature_size=config.curvature_subsample, seed=config.seed,
+                               shard=shard)
     if config.step_rule == "target":
         v_new, diagnostics["step"] = targeted_step(objective, forget, held_out, config,
                                                    n=len(forget) + len(retain), on_progress=on_progress)
@@ -253,6 +265,7 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
         v_new, diagnostics["newton"] = _newton_iterations(objective, forget, retain, config, lam,
                                                           on_progress)
         diagnostics["newton"]["retain_rows"] = len(data)
+    v_new = shard.broadcast_tensor(v_new, "block")   # every rank keeps rank 0's block
     new_model = _with_params(model, objective.full_state(v_new, model))
     timings["newton_s"] = time.perf_counter() - tick
     diagnostics["changed"] = bool((v_new != objective.v0).any())
