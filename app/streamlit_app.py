@@ -14,6 +14,7 @@ if str(APP_DIR) not in sys.path:  # `streamlit run` adds it; the test harness do
 import streamlit as st  # noqa: E402
 
 from lcodec_core.data import DataError  # noqa: E402
+from lcodec_core.progress import training_progress  # noqa: E402
 from lcodec_app import state, widgets  # noqa: E402
 from lcodec_app.workbench import DATASET_LABELS, MODEL_LABELS  # noqa: E402
 from models import CheckpointError  # noqa: E402
@@ -44,10 +45,9 @@ try:
     if state.needs_training(key):
         bar = st.progress(0.0, text=f"Training the {key.model} on {key.dataset} once "
                                     f"(it is cached afterwards)...")
-        state.train_base(key, lambda e: bar.progress(
-            e["epoch"] / e["epochs"],
-            text=f"Training the {key.model} on {key.dataset}: epoch {e['epoch']}/{e['epochs']}, "
-                 f"loss {e['loss']:.3f}"))
+        state.train_base(key, training_progress(
+            lambda event: bar.progress(event["fraction"], text=event["message"]), "train",
+            f"Training the {key.model} on {key.dataset}"))
         bar.empty()
     base = state.session_base()
 except (DataError, CheckpointError, OSError) as error:

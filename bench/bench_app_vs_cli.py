@@ -1,7 +1,7 @@
 """The same removal and the same retraining, from the command line's code path and inside the
 dashboard, side by side in one run (issue 13: "the app is as fast as the CLI").
 
-- **cli**: what ``lcodec unlearn`` runs, ``run_removal`` (engine + evaluation) on the main
+- **cli**: what ``lcodec unlearn`` runs, ``remove`` (engine + evaluation) on the main
   thread; with retraining, what ``lcodec unlearn --compare retrain`` runs (removal, retraining
   and the audit against the retrained model).
 - **app job**: the dashboard's own work functions (``lcodec_app.work.removal_work`` and
@@ -36,7 +36,7 @@ from lcodec_app.jobs import Job  # noqa: E402
 from lcodec_app.workbench import ModelKey, SharedBase, Workbench  # noqa: E402
 from lcodec_core.unlearning.block import warm_up  # noqa: E402
 from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
-from lcodec_core.removal import run_removal  # noqa: E402
+from lcodec_core.removal import compare_with_retraining, remove  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
 from models import state_hash  # noqa: E402
@@ -130,14 +130,15 @@ def main(argv=None) -> int:
     # then the Audit page's "Retrain from scratch" job)
     load_start = os.getloadavg()[0]
     for repeat in range(0 if args.browser_only else args.repeats):
-        seconds, _ = timed(lambda: run_removal(checkpoint, bundle, request, config))
+        seconds, _ = timed(lambda: remove(checkpoint, bundle, request, config))
         times["cli removal"].append(seconds)
         bench = Workbench.from_base(shared)
         seconds, removal = timed(lambda: app_job(work.removal_work(bench, request, config)))
         times["app removal"].append(seconds)
         if not args.no_retrain:
-            seconds, _ = timed(lambda: run_removal(checkpoint, bundle, request, config,
-                                                   compare_retrain=True))
+            seconds, _ = timed(lambda: compare_with_retraining(
+                remove(checkpoint, bundle, request, config), checkpoint.model, checkpoint.recipe,
+                bundle))
             times["cli retrain"].append(seconds)
             seconds, _ = timed(lambda: app_job(work.retrain_work(bench, removal)))
             times["app retrain"].append(seconds + times["app removal"][-1])

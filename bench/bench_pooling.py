@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lcodec_core.unlearning.block import warm_up  # noqa: E402
 from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
-from lcodec_core.removal import run_removal  # noqa: E402
+from lcodec_core.removal import remove  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
 
@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     for identity in args.identities:
         request = make_request(bundle, identity=identity)
         for pooling in POOLINGS:
-            report = run_removal(checkpoint, bundle, request,
-                                 UnlearnConfig(seed=args.seed, probe_pooling=pooling)).report
+            report = remove(checkpoint, bundle, request,
+                            UnlearnConfig(seed=args.seed, probe_pooling=pooling)).to_json()
             step = report["diagnostics"].get("step") or {}
             row = {"forget": report["unlearned"]["forget_accuracy"],
                    "held": report["unlearned"]["forget_test_accuracy"],

@@ -11,7 +11,7 @@ For every run: forget accuracy, held-out accuracy of the forgotten person, retai
 against the original, held-out accuracy of the others against the retrained model's, the
 loss-attack MIA AUC against the retrained model's, the null-control ratio |d_0| / |d|, the
 removal's wall time (``unlearn_s``, what the engine measures from the call to the new model),
-the end-to-end time of ``run_removal`` (engine + evaluation), and the peak resident memory.
+the end-to-end time of ``remove`` (engine + evaluation), and the peak resident memory.
 
     python bench/bench_unlearn.py                                  # 40 identities x seeds 0 1 2, 10 draws
     python bench/bench_unlearn.py --identities 0 1 2 --seeds 0 --draws 2
@@ -44,7 +44,7 @@ from lcodec_core.unlearning.block import warm_up  # noqa: E402
 from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.audit.evaluation import evaluate  # noqa: E402
 from lcodec_core.unlearning.memory import PeakMemory  # noqa: E402
-from lcodec_core.removal import run_removal  # noqa: E402
+from lcodec_core.removal import remove  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
 
@@ -63,15 +63,15 @@ def _removal_row(checkpoint, bundle, request, seed, reference, kind, label):
     metrics_r, mia_r, retrain_s = reference
     start = time.perf_counter()
     with PeakMemory() as peak:
-        outcome = run_removal(checkpoint, bundle, request, UnlearnConfig(seed=seed))
+        record = remove(checkpoint, bundle, request, UnlearnConfig(seed=seed))
     end_to_end = time.perf_counter() - start
-    report = outcome.report
+    report = record.to_json()
     step = report["diagnostics"].get("step") or {}
     return {
         "kind": kind, "label": label, "seed": seed, "identity": request.identity,
         "forget_indices": request.forget_indices,
         "original": report["original"], "unlearned": report["unlearned"], "retrained": metrics_r,
-        "mia_auc": membership_inference(outcome.model, request, bundle.test, seed)["mia_auc"],
+        "mia_auc": membership_inference(record.model, request, bundle.test, seed)["mia_auc"],
         "mia_auc_retrained": mia_r["mia_auc"],
         "null_control_ratio": (step.get("null_control") or {}).get("ratio"),
         "rule": step.get("rule"), "target_met": step.get("target_met"),

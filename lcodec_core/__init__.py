@@ -12,8 +12,10 @@ from .dependence import FociResult, codec, foci
 from .audit.evaluation import evaluate
 from .unlearning.guarantee import GUARANTEES
 from .paths import lcodec_home
-from .removal import RemovalOutcome, run_removal
+from .record import RemovalRecord
+from .removal import compare_with_retraining, remove
 from .requests import ForgetRequest, make_request
+from .sequence import SequenceStep, remove_in_sequence
 from .unlearning.result import SelectedSlice, UnlearnResult
 from .unlearning.unlearn import HarmfulNoiseError, unlearn
 from .audit.verdict import Verdict, judge
@@ -22,6 +24,6 @@ from .zoo_cache import load_or_train
 __all__ = ["DataBundle", "DataError", "ImageDataset", "load_dataset", "load_or_train",
            "lcodec_home", "codec", "foci", "FociResult", "UnlearnConfig", "unlearn",
            "UnlearnResult", "SelectedSlice", "ForgetRequest", "make_request", "GUARANTEES",
-           "HarmfulNoiseError", "Verdict", "judge", "evaluate", "audit_removal", "run_removal",
-           "RemovalOutcome"]
+           "HarmfulNoiseError", "Verdict", "judge", "evaluate", "audit_removal", "remove",
+           "compare_with_retraining", "RemovalRecord", "remove_in_sequence", "SequenceStep"]
 __version__ = "0.1.0"

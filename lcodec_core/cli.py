@@ -12,6 +12,7 @@ import sys
 
 from .data import DATASETS
 from .jsonsafe import json_ready
+from .summary import print_ledger, print_summary
 
 log = logging.getLogger("lcodec_core")
 
@@ -36,8 +37,7 @@ def cmd_prepare(args) -> int:
     from .zoo_cache import cache_path, load_or_train
     checkpoint, bundle = load_or_train(args.dataset, args.model, data_seed=args.data_seed,
                                        on_progress=_progress_bar(f"training {args.dataset}"))
-    from models import Recipe
-    path = cache_path(args.dataset, Recipe.from_dict(checkpoint.metadata["recipe"]), args.data_seed)
+    path = cache_path(args.dataset, checkpoint.recipe, args.data_seed)
     meta = checkpoint.metadata
     print(f"{meta['model']} on {args.dataset}: train accuracy {meta['train_accuracy']:.3f}, "
           f"test accuracy {meta.get('test_accuracy', float('nan')):.3f} "
@@ -81,9 +81,9 @@ def cmd_info(args) -> int:
 
 
 def _load_model(args, check_bundle=None):
-    """(checkpoint, bundle) for ``args``; ``check_bundle(bundle)`` runs before any training,
-    so a bad request (an identity out of range) fails in seconds, not after training."""
-    """(checkpoint, bundle) for ``--model`` (a zoo name or a checkpoint file) on ``--dataset``."""
+    """(checkpoint, bundle) for ``--model`` (a zoo name or a checkpoint file) on ``--dataset``;
+    ``check_bundle(bundle)`` runs before any training, so a bad request (an identity out of
+    range) fails in seconds, not after training."""
     from pathlib import Path
 
     from models import MODEL_NAMES, load_checkpoint
@@ -130,22 +130,27 @@ def _refuse_overwriting_the_original(args, checkpoint) -> None:
     """``--save`` must not name the checkpoint being unlearned (a file or the zoo cache)."""
     from pathlib import Path
 
-    from models import Recipe
-
     from .zoo_cache import cache_path
     if args.model and Path(args.model).is_file():
         source = Path(args.model)
     else:
-        source = cache_path(args.dataset, Recipe.from_dict(checkpoint.metadata["recipe"]),
-                            args.data_seed)
+        source = cache_path(args.dataset, checkpoint.recipe, args.data_seed)
     if Path(args.save).resolve() == source.resolve():
         raise ValueError(f"--save {args.save} is the model being unlearned; the original is never "
                          f"overwritten: choose another path")
 
 
-def cmd_unlearn(args) -> int:
-    from .removal import run_removal
+def _remove_and_record(args) -> dict:
+    """Run the removal ``args`` describe (:func:`lcodec_core.removal.remove`, and
+    :func:`~lcodec_core.removal.compare_with_retraining` with ``--compare retrain``), save it
+    with ``--save`` and record it in the ledger; returns the record's JSON with where it was
+    saved and recorded. Nothing is written to ``args``."""
+    from models import Checkpoint
+
+    from .ledger import Ledger, entry_from_record, save_and_record
+    from .removal import compare_with_retraining, remove
     from .requests import make_request
+    from .unlearning.block import warm_up
     config = _config_from_args(args)
 
     def request_for(bundle):
@@ -157,35 +162,41 @@ def cmd_unlearn(args) -> int:
     if args.save:
         _refuse_overwriting_the_original(args, checkpoint)
     request = request_for(bundle)
-    from .unlearning.block import warm_up
     warm_up()
-    outcome = run_removal(checkpoint, bundle, request, config,
-                          compare_retrain=args.compare == "retrain", on_progress=_print_progress)
-    report = outcome.report
-    from models import state_hash
-
-    from .ledger import Ledger, entry_from_report, save_and_record
+    record = remove(checkpoint, bundle, request, config, on_progress=_print_progress)
+    if args.compare == "retrain":
+        record = compare_with_retraining(record, checkpoint.model, checkpoint.recipe, bundle,
+                                         on_progress=_print_progress)
+    out = record.to_json()
     ledger = Ledger(args.ledger)
-    entry = entry_from_report(report, checkpoint.state_hash(), state_hash(outcome.model))
+    entry = entry_from_record(out)
     if args.save:  # the file and its ledger row are committed together, or neither
-        from models import Checkpoint
-        metadata = {**checkpoint.metadata, "parent_hash": checkpoint.state_hash(),
-                    "removed": report["request"], "unlearn_settings": config.to_dict(),
-                    "sigma": report["sigma"]}
-        row = save_and_record(Checkpoint(outcome.model, metadata), args.save, entry, ledger)
-        report["saved_to"] = row.model_path
+        metadata = {key: value for key, value in checkpoint.metadata.items()
+                    if key != "stationarity"}   # measured on the parent, not on this model
+        metadata.update(parent_hash=record.hash_before, removed=out["request"],
+                        unlearn_settings=config.to_dict(), sigma=out["sigma"])
+        row = save_and_record(Checkpoint(record.model, metadata), args.save, entry, ledger)
+        out["saved_to"] = row.model_path
     else:
         row = ledger.record(entry)
     cost = ledger.model_cost(row.model_after)
-    report["ledger"] = {"path": str(ledger.path), "id": row.id, "lineage": row.lineage,
-                        "model_cost": cost.to_dict()}
-    if args.json:
-        from pathlib import Path
-        Path(args.json).write_text(json.dumps(json_ready(report), indent=2, allow_nan=False,
-                                              default=str))
-    _print_summary(report)
+    out["ledger"] = {"path": str(ledger.path), "id": row.id, "lineage": row.lineage,
+                     "model_cost": cost.to_dict()}
     print(f"ledger: removal {row.id} recorded in {ledger.path} (lineage {row.lineage[:12]}); "
           f"cumulative cost of this model: {cost.describe()}")
+    return out
+
+
+def _write_json(path, report: dict) -> None:
+    from pathlib import Path
+    Path(path).write_text(json.dumps(json_ready(report), indent=2, allow_nan=False, default=str))
+
+
+def cmd_unlearn(args) -> int:
+    report = _remove_and_record(args)
+    if args.json:
+        _write_json(args.json, report)
+    print_summary(report)
     return 0
 
 
@@ -193,11 +204,10 @@ def cmd_ledger(args) -> int:
     """Print the recorded removals and each lineage's cumulative (epsilon, delta)."""
     from .ledger import COMPOSITION, Ledger
     ledger = Ledger(args.ledger)
-    if args.model_hash:
-        args.model_hash = ledger.resolve_hash(args.model_hash)
-    rows = (ledger.ancestry(args.model_hash) if args.model_hash
+    model_hash = ledger.resolve_hash(args.model_hash) if args.model_hash else None
+    rows = (ledger.ancestry(model_hash) if model_hash
             else ledger.rows(lineage=args.lineage))
-    if args.model_hash and args.lineage:
+    if model_hash and args.lineage:
         rows = [r for r in rows if r.lineage.startswith(args.lineage.lower())]
     lineages = {lineage: cost for lineage, cost in ledger.lineages().items()
                 if any(r.lineage == lineage for r in rows)}
@@ -207,35 +217,12 @@ def cmd_ledger(args) -> int:
                "removals": [{**r.to_dict(), **({"file_status": files[r.id]} if r.id in files else {})}
                             for r in rows],
                "lineages": {lineage: cost.to_dict() for lineage, cost in lineages.items()}}
-        if args.model_hash:
-            out["model_cost"] = ledger.model_cost(args.model_hash).to_dict()
+        if model_hash:
+            out["model_cost"] = ledger.model_cost(model_hash).to_dict()
         print(json.dumps(json_ready(out), indent=2, allow_nan=False))
         return 0
-    if not rows:
-        print(f"No removals recorded in {ledger.path}"
-              + (" for this filter" if args.lineage or args.model_hash else ""))
-        return 0
-    print(f"{len(rows)} removal(s) in {ledger.path}, oldest first:")
-    header = (f"{'id':>4}  {'time (UTC)':<19}  {'lineage':<10}  {'before':<10}  {'after':<10}  "
-              f"{'model':<22}  {'removed':<28}  {'method':<11}  {'epsilon':>7}  {'delta':>7}  saved to")
-    print(header)
-    for r in rows:
-        what = (f"identity {r.identity} ({len(r.forget_indices)} images)" if r.identity is not None
-                else f"{len(r.forget_indices)} image(s) {r.forget_indices[:3]}")
-        saved = r.model_path or "-"
-        if r.id in files:
-            saved += f" ({files[r.id]})"
-        print(f"{r.id:>4}  {r.time[:19].replace('T', ' '):<19}  {r.lineage[:10]:<10}  "
-              f"{r.model_before[:10]:<10}  {r.model_after[:10]:<10}  "
-              f"{(r.dataset or '?') + '/' + (r.model_name or '?'):<22.22}  {what:<28.28}  "
-              f"{r.method or '?':<11}  {'none' if not r.noised else f'{r.epsilon:g}':>7}  "
-              f"{'-' if not r.noised else f'{r.delta:.0e}':>7}  {saved}")
-    print(f"\nCumulative privacy cost per lineage ({COMPOSITION}; a removal without noise "
-          f"means no guarantee):")
-    for lineage, cost in lineages.items():
-        print(f"  {lineage[:16]}  {cost.describe()}")
-    if args.model_hash:
-        print(f"Model {args.model_hash[:16]}: {ledger.model_cost(args.model_hash).describe()}")
+    print_ledger(ledger, rows, lineages, files, model_hash,
+                 filtered=bool(args.lineage or args.model_hash))
     return 0
 
 
@@ -257,57 +244,16 @@ def cmd_audit(args) -> int:
     else:
         if args.forget_identity is None and args.forget_index is None:
             raise ValueError("give RESULT.json or what to remove (--forget-identity K or --forget-index I ...)")
+        if args.compare not in (None, "retrain"):
+            raise ValueError(f"an audit compares with retraining; got --compare {args.compare}")
         out = Path(args.out or "lcodec-audit")
         out.mkdir(parents=True, exist_ok=True)
-        args.compare = "retrain"
-        args.json = args.json or str(out / "result.json")
-        cmd_unlearn(args)
-        report = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        report = _remove_and_record(argparse.Namespace(**{**vars(args), "compare": "retrain"}))
+        _write_json(args.json or out / "result.json", report)
+        print_summary(report)
     path = write_audit_report(report, out, charts=not args.no_charts)
     print(f"audit written to {path}")
     return 0
-
-
-def _print_summary(report: dict) -> None:
-    columns = ["original", "unlearned"] + (["retrained"] if "retrained" in report else [])
-    # the verdict line at the end says whether it was forgotten; this line only names the request
-    print(f"Request: forget {report['request']['description']} from {report['model']} on {report['dataset']} "
-          f"with {report['settings']['method']}")
-    print(f"{'accuracy':<22}" + "".join(f"{c:>11}" for c in columns))
-    for key in ("retain_accuracy", "forget_accuracy", "test_accuracy", "forget_test_accuracy"):
-        print(f"{key:<22}" + "".join(f"{report[c][key]:>11.3f}" for c in columns))
-    t = report["timings"]
-    line = (f"unlearn {t['unlearn_s']:.2f} s (probe {t['probe_s']:.2f}, select {t['select_s']:.2f}, "
-            f"newton {t['newton_s']:.2f})")
-    if t.get("retrain_s"):
-        line += f"; retrain {t['retrain_s']:.2f} s; speed-up {report['speedup_over_retrain']:.1f}x"
-    print(line)
-    if "audit" in report:
-        audit = report["audit"]
-        for key in ("mia_auc", "mia_efficacy"):
-            print(f"{key:<22}" + "".join(f"{audit[c][key]:>11.3f}" for c in columns))
-        kl = audit["unlearned"]["kl_to_retrained"]
-        print("KL(retrained || unlearned): " + ", ".join(f"{s} {v:.3g}" for s, v in kl.items())
-              + f"; relative weight distance {audit['unlearned']['weight_distance']:.3g}")
-    slices = ", ".join(f"{s['module']}[{s['index']}]" for s in report["selected_slices"][:12])
-    print(f"{len(report['selected_slices'])} slice(s): {slices}; {report['parameters_updated']} "
-          f"parameters ({100 * report['parameter_share']:.2f}% of the model); sigma {report['sigma']:.3g}")
-    step = report["diagnostics"].get("step")
-    if step:
-        effect = step["curvature_effect"]
-        print(f"step: rule {step['rule']} ({'target met' if step['target_met'] else 'target NOT met'}"
-              f"{', limited by the guard' if step['guard_limited'] else ''}), damping {step['damping']:.3g}; "
-              f"null control |d_0|/|d| = {step['null_control']['ratio']:.3g}; curvature turned the "
-              f"step by {effect['angle_deg']:.1f} deg and scaled it x{effect['norm_ratio']:.2f}")
-    print(f"guarantee: {report['guarantee_text']}"
-          + (f" ({'; '.join(report['guarantee_reasons'])})" if report["guarantee"] == "heuristic" else ""))
-    stationarity = report.get("stationarity") or {}
-    if stationarity.get("warning"):
-        print(f"warning: {stationarity['warning']}")
-    verdict = report["verdict"]
-    print(f"verdict: {verdict['headline']}")
-    for advice in verdict["advice"]:
-        print(f"  - {advice}")
 
 
 class _OneLineErrors(argparse.ArgumentParser):

@@ -1,28 +1,31 @@
-"""One deletion request end to end: unlearn, evaluate, optionally retrain for comparison.
+"""One deletion request end to end: the public calls that the command line, the dashboard
+and the benchmarks share.
 
-This is what the command line, the benchmarks and the dashboard call; it returns a
-JSON-ready report and the new model, and never touches the input checkpoint.
+- :func:`remove`: unlearn, evaluate before and after, judge: a :class:`RemovalRecord`;
+- :func:`compare_with_retraining`: the same record with a retrained reference and its audit;
+- :func:`lcodec_core.sequence.remove_in_sequence`: removals one after another.
+
+None of them touches the input checkpoint.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from models import Checkpoint
+from models import Checkpoint, Recipe, state_hash
 
 from .audit.comparison import audit_removal
 from .unlearning.baselines import retrain
 from .unlearning.config import UnlearnConfig
 from .data import DataBundle
 from .audit.evaluation import evaluate
+from .progress import ProgressFn, emit, training_progress
 from .requests import ForgetRequest
-from .unlearning.result import UnlearnResult
+from .record import RemovalRecord
 from .unlearning.unlearn import unlearn
-from .audit.verdict import judge
 
 
 STATIONARY_HEAD_MAX = 1e-3   # |grad F| of the head above this: warn (a polished head is ~1e-6)
@@ -52,78 +55,79 @@ def stationarity_of(checkpoint: Checkpoint, images, targets) -> dict:
     return out
 
 
+def who_is_removed(bundle: DataBundle, request: ForgetRequest) -> str:
+    """How a verdict names what a request removes: the class's name ("person 05") for an
+    identity, else the photo count ("3 photos")."""
+    if request.identity is not None:
+        return str(bundle.classes[request.identity])
+    count = len(request.forget_indices)
+    return f"{count} photo{'s' if count != 1 else ''}"
+
+
 def held_out_for(bundle: DataBundle, request: ForgetRequest):
     """The held-out photos the step rule may read: the bundle's test split (None if empty)."""
     return bundle.test if len(bundle.test) else None
 
 
-@dataclass
-class RemovalOutcome:
-    """The unlearned model, the engine's result, the retrained model (if compared) and the report."""
-    model: nn.Module
-    result: UnlearnResult
-    retrained: nn.Module | None
-    report: dict
+def remove(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetRequest,
+           config: UnlearnConfig = UnlearnConfig(), *,
+           on_progress: ProgressFn | None = None, original: dict | None = None,
+           before: dict | None = None, hash_before: str | None = None, who: str | None = None,
+           engine: Callable | None = None) -> RemovalRecord:
+    """Remove ``request`` from ``checkpoint.model``: the one removal path of every caller.
 
+    Runs the engine (:func:`lcodec_core.unlearning.unlearn.unlearn`, with the checkpoint's
+    recipe as the source of lam and the bundle's held-out photos for the step rule), evaluates
+    the model before and after on the request, and returns a frozen :class:`RemovalRecord`
+    whose verdict is read from those numbers. ``checkpoint.model`` is never modified.
 
-def run_removal(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetRequest,
-                config: UnlearnConfig = UnlearnConfig(), *, compare_retrain: bool = False,
-                on_progress: Callable[[dict], None] | None = None) -> RemovalOutcome:
-    """Remove ``request`` from ``checkpoint.model``; report accuracies, timings and selection.
-
-    Report keys: original, unlearned (and retrained) accuracies (see :func:`evaluate`),
-    timings (probe_s, select_s, newton_s, unlearn_s, retrain_s), selected_slices,
-    parameters_updated, parameter_share, sigma, epsilon, delta, request, settings, diagnostics;
-    with ``compare_retrain`` also retrained, speedup_over_retrain and ``audit`` (see
-    :func:`.audit.audit_removal`: membership inference, distances to the retrained model and
-    gradient norms for the original, unlearned and retrained models).
+    Parameters
+    ----------
+    checkpoint : the model to remove from and its metadata (recipe, model name).
+    bundle, request : the data set and what to forget (:func:`lcodec_core.make_request`).
+    config : the engine's settings; the default is the one default of the CLI and dashboard.
+    on_progress : called with ``{"phase", "fraction", "message"}`` events; raising stops.
+    original : accuracies of the run's root model on ``request`` when the removal starts
+        from a model that already had removals (the dashboard's session); default ``before``.
+    before, hash_before : already known accuracies / state hash of ``checkpoint.model``
+        (computed when None).
+    who : how the verdict names what was removed; default :func:`who_is_removed`.
+    engine : the ``unlearn`` callable to run (the dashboard passes one that takes its lock).
     """
-    recipe = checkpoint.recipe
-    result = unlearn(checkpoint.model, request.forget, request.retain, config, on_progress,
-                     weight_decay=recipe.weight_decay, recipe=recipe,
-                     held_out=held_out_for(bundle, request))
-    summary = result.summary()
-    original, unlearned = evaluate(checkpoint.model, bundle, request), evaluate(result.model, bundle, request)
-    report = {
-        "dataset": bundle.name,
-        "model": checkpoint.metadata.get("model"),
-        "request": {"identity": request.identity, "forget_indices": request.forget_indices,
-                    "description": request.description,
-                    "sources": [request.forget.sources[i] for i in range(len(request.forget))]},
-        "original": original,
-        "unlearned": unlearned,
-        "verdict": judge(original, unlearned, identity=request.identity, changed=result.changed,
-                         step=result.diagnostics.get("step")).to_dict(),
-        "guarantee": summary["guarantee"],
-        "guarantee_text": summary["guarantee_text"],
-        "guarantee_reasons": summary["guarantee_reasons"],
-        "changed": summary["changed"],
-        "stationarity": stationarity_of(checkpoint, torch.cat([request.forget.images, request.retain.images]),
-                                        torch.cat([request.forget.targets, request.retain.targets])),
-        "timings": {**summary["timings"], "retrain_s": None},
-        "selected_slices": summary["selected_slices"],
-        "parameters_updated": summary["parameters_updated"],
-        "parameter_share": summary["parameter_share"],
-        "sigma": summary["sigma"],
-        "epsilon": config.epsilon if summary["guarantee"] == "certified" else None,
-        "delta": config.delta if summary["guarantee"] == "certified" else None,
-        "requested_epsilon": config.epsilon,
-        "peak_memory_mb": summary["peak_memory_mb"],
-        "settings": summary["settings"],
-        "diagnostics": summary["diagnostics"],
-    }
-    retrained = None
-    if compare_retrain:
-        if on_progress is not None:
-            on_progress({"phase": "retrain", "fraction": 0.0, "message": "retraining from scratch"})
-        start = time.perf_counter()
-        retrained = retrain(request.retain, recipe)
-        report["timings"]["retrain_s"] = time.perf_counter() - start
-        report["retrained"] = evaluate(retrained, bundle, request)
-        report["speedup_over_retrain"] = report["timings"]["retrain_s"] / report["timings"]["unlearn_s"]
-        if on_progress is not None:
-            on_progress({"phase": "audit", "fraction": 0.0,
-                         "message": "membership inference and distances to the retrained model"})
-        report["audit"] = audit_removal(checkpoint.model, result.model, retrained, bundle, request,
-                                        weight_decay=recipe.weight_decay, seed=config.seed)
-    return RemovalOutcome(result.model, result, retrained, report)
+    remove_fn = engine if engine is not None else unlearn
+    who = who or who_is_removed(bundle, request)
+    recipe = checkpoint.recipe      # lam comes from here (config.weight_decay overrides it)
+    if before is None:
+        before = evaluate(checkpoint.model, bundle, request)
+    if hash_before is None:
+        hash_before = checkpoint.state_hash()
+    result = remove_fn(checkpoint.model, request.forget, request.retain, config, on_progress,
+                       recipe=recipe, held_out=held_out_for(bundle, request))
+    training = (torch.cat([request.forget.images, request.retain.images]),
+                torch.cat([request.forget.targets, request.retain.targets]))
+    return RemovalRecord(
+        request=request, config=config, result=result,
+        original=dict(before if original is None else original), before=dict(before),
+        after=evaluate(result.model, bundle, request), hash_before=hash_before,
+        hash_after=state_hash(result.model), dataset=bundle.name,
+        model_name=checkpoint.metadata.get("model"),
+        stationarity=stationarity_of(checkpoint, *training), who=who)
+
+
+def compare_with_retraining(record: RemovalRecord, original_model: nn.Module, recipe: Recipe,
+                            bundle: DataBundle, *,
+                            on_progress: ProgressFn | None = None) -> RemovalRecord:
+    """The record with a reference: the architecture retrained from scratch on the retained
+    data with ``recipe`` (:func:`lcodec_core.unlearning.baselines.retrain`), its accuracies,
+    its training time and :func:`lcodec_core.audit.comparison.audit_removal` of the run's
+    ``original_model``, the unlearned model and the retrained one. Returns a new record.
+    """
+    request = record.request
+    emit(on_progress, "retrain", 0.0, "retraining from scratch")
+    start = time.perf_counter()
+    retrained = retrain(request.retain, recipe, on_progress=training_progress(on_progress))
+    retrain_s = time.perf_counter() - start
+    emit(on_progress, "audit", 1.0, "membership inference and distances to the retrained model")
+    audit = audit_removal(original_model, record.model, retrained, bundle, request,
+                          weight_decay=recipe.weight_decay, seed=record.config.seed)
+    return record.with_reference(evaluate(retrained, bundle, request), retrain_s, audit)

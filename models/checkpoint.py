@@ -5,6 +5,7 @@ File layout (``torch.save``): ``{"format": "lcodec-checkpoint-v1", "state_dict":
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,9 +39,10 @@ class Checkpoint:
     model: nn.Module
     metadata: dict
 
-    @property
+    @functools.cached_property
     def recipe(self):
-        """The training recipe (:class:`models.Recipe`) stored in the metadata."""
+        """The training recipe (:class:`models.Recipe`) stored in the metadata, parsed once:
+        every caller reads lam and the training settings from here."""
         from .training import Recipe
         return Recipe.from_dict(self.metadata["recipe"])
 

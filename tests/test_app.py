@@ -210,8 +210,8 @@ def test_audit_retrains_and_downloads(removed, tmp_path):
     assert mia_table.loc["loss attack AUC", "retrained"] == f"{audit['retrained']['mia_auc']:.3f}"
     assert len(removed.get("download_button")) == 3
     data = json.loads(report.report_json(bench))
-    assert data["removals"][0]["identity"] == FORGET_ID
-    assert data["removals"][0]["metrics"]["retrained"] is not None
+    assert data["removals"][0]["request"]["identity"] == FORGET_ID
+    assert data["removals"][0]["retrained"] is not None
     assert data["removals"][0]["audit"]["unlearned"]["mia_efficacy"] == audit["unlearned"]["mia_efficacy"]
     assert "| forget accuracy |" in report.report_markdown(bench)
     assert "| membership attack AUC |" in report.report_markdown(bench)

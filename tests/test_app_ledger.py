@@ -80,7 +80,7 @@ def test_only_a_certified_removal_records_an_epsilon(removed):
     noised = removal.config.with_(epsilon=5.0, delta=1e-6)
     for guarantee, epsilon, delta in (("heuristic", None, None), ("certified", 5.0, 1e-6)):
         result = dataclasses.replace(removal.result, config=noised, sigma=0.5, guarantee=guarantee)
-        entry = entry_for(bench, dataclasses.replace(removal, config=noised, result=result))
+        entry = entry_for(dataclasses.replace(removal, config=noised, result=result))
         assert (entry.epsilon, entry.delta, entry.metrics["guarantee"]) == (epsilon, delta, guarantee)
         assert entry.sigma == 0.5
 

@@ -315,20 +315,25 @@ TIMINGS = {"unlearn_s": 1.5, "retrain_s": None}
 
 def app_removal(before: str, after: str, guarantee: str, epsilon: float | None = None,
                 delta: float = 1e-5):
-    """A dashboard Removal of identity 3 (its request and engine result stood in)."""
+    """A dashboard removal record of identity 3 (its request stood in, its engine result
+    without a model)."""
     from types import SimpleNamespace
 
     import apptest  # noqa: F401  (puts app/ on sys.path)
     from lcodec_app.workbench import Removal
     from lcodec_core.unlearning.config import UnlearnConfig
+    from lcodec_core.unlearning.result import UnlearnResult
     request = SimpleNamespace(identity=3, forget_indices=[24, 25], description="identity 3",
+                              retain_indices=list(range(10)),
                               forget=SimpleNamespace(sources=["olivettifaces.mat#24",
                                                               "olivettifaces.mat#25"]))
-    result = SimpleNamespace(guarantee=guarantee, sigma=0.5 if epsilon is not None else 0.0,
-                             timings=dict(TIMINGS), changed=guarantee != "unchanged",
-                             diagnostics={})
-    return Removal(request, UnlearnConfig(epsilon=epsilon, delta=delta), result, dict(BEFORE),
-                   dict(AFTER), dict(BEFORE), h(before), h(after))
+    config = UnlearnConfig(epsilon=epsilon, delta=delta)
+    result = UnlearnResult(model=None, config=config, guarantee=guarantee,
+                           sigma=0.5 if epsilon is not None else 0.0, timings=dict(TIMINGS),
+                           diagnostics={"changed": guarantee != "unchanged"})
+    return Removal(request, config, result, original=dict(BEFORE), before=dict(BEFORE),
+                   after=dict(AFTER), hash_before=h(before), hash_after=h(after),
+                   dataset="olivetti", model_name="small_cnn", who="person 03")
 
 
 def app_bench(removals: list):
@@ -359,7 +364,7 @@ def test_the_ledger_and_the_dashboard_spend_the_same_privacy(ledger, steps, expe
         current = after
     bench = app_bench(removals)
     for removal in removals:
-        ledger.record(entry_for(bench, removal))
+        ledger.record(entry_for(removal))
     spent = bench.privacy_spent()
     cost = ledger.model_cost(bench.current_hash)
     assert spent[0] == pytest.approx(expected[0]) and spent[1] == pytest.approx(expected[1])
@@ -383,30 +388,22 @@ def test_a_label_decides_over_a_stored_epsilon_and_unlabelled_rows_read_as_befor
     assert ledger.model_cost(h("b")).epsilon == 1.0
 
 
-def test_the_command_line_and_the_dashboard_write_the_same_row_layout(ledger):
-    """For the same removal, entry_from_report (the CLI's run_removal report) and
-    records.entry_for (a dashboard Removal) write rows with the same keys and values."""
+def test_a_ledger_row_is_the_removal_records_json(ledger):
+    """The command line and the dashboard both record entry_from_record(record.to_json()):
+    the row holds the record's accuracies, verdict and guarantee, and an (epsilon, delta)
+    only when the removal is certified."""
     import apptest  # noqa: F401  (puts app/ on sys.path)
     from lcodec_app.records import entry_for
-    from lcodec_core.ledger import METRIC_KEYS, entry_from_report
-    from lcodec_core.audit.verdict import judge
+    from lcodec_core.ledger import METRIC_KEYS, entry_from_record
     for guarantee, epsilon in (("certified", 1.0), ("heuristic", 1.0), ("none", None)):
         removal = app_removal("a", "b", guarantee, epsilon)
-        report = {"dataset": "olivetti", "model": "small_cnn",
-                  "request": {"identity": 3, "forget_indices": [24, 25],
-                              "sources": ["olivettifaces.mat#24", "olivettifaces.mat#25"]},
-                  "original": dict(BEFORE), "unlearned": dict(AFTER),
-                  "verdict": judge(BEFORE, AFTER, identity=3).to_dict(),
-                  "guarantee": guarantee, "timings": dict(TIMINGS),
-                  "sigma": removal.result.sigma,
-                  "epsilon": epsilon if guarantee == "certified" else None,
-                  "delta": 1e-5 if guarantee == "certified" else None,
-                  "settings": removal.config.to_dict()}
-        cli = ledger.record(entry_from_report(report, h("a"), h("b")))
-        app = ledger.record(entry_for(app_bench([removal]), removal))
-        assert cli.to_dict().keys() == app.to_dict().keys()
-        assert set(cli.metrics) == set(app.metrics) == set(METRIC_KEYS)
-        differ = {"id", "time"}
-        assert ({k: v for k, v in cli.to_dict().items() if k not in differ}
-                == {k: v for k, v in app.to_dict().items() if k not in differ})
-        assert (cli.epsilon, cli.noised) == ((1.0, True) if guarantee == "certified" else (None, False))
+        record = removal.to_json()
+        row = ledger.record(entry_from_record(record))
+        assert entry_for(removal) == entry_from_record(record)
+        assert set(row.metrics) == set(METRIC_KEYS)
+        for key in ("original", "before", "unlearned", "retrained", "verdict", "guarantee"):
+            assert row.metrics[key] == record[key], key
+        assert (row.model_before, row.model_after) == (record["model_hash_before"],
+                                                       record["model_hash_after"])
+        assert row.settings == record["settings"] and row.sigma == record["sigma"]
+        assert (row.epsilon, row.noised) == ((1.0, True) if guarantee == "certified" else (None, False))

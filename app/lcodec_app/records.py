@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from lcodec_core.ledger import (Ledger, LedgerError, LedgerRow, PrivacyCost, RemovalEntry,
-                                privacy_cost, removal_entry)
+                                privacy_cost, entry_from_record)
 
 from .workbench import Removal, Workbench
 
@@ -35,27 +35,19 @@ def open_ledger() -> tuple[Ledger | None, str | None]:
         return None, str(error)
 
 
-def entry_for(bench: Workbench, removal: Removal) -> RemovalEntry:
-    """The ledger entry for a removal committed to ``bench``: the command line's layout
-    (:func:`lcodec_core.ledger.removal_entry`)."""
-    request, config, result = removal.request, removal.config, removal.result
-    return removal_entry(
-        model_before=removal.hash_before, model_after=removal.hash_after,
-        dataset=bench.key.dataset, model_name=bench.key.model, identity=request.identity,
-        forget_indices=request.forget_indices, file_names=request.forget.sources,
-        settings=config.to_dict(), guarantee=result.guarantee, sigma=result.sigma,
-        epsilon=config.epsilon, delta=config.delta, original=removal.original,
-        before=removal.before, unlearned=removal.after, retrained=removal.retrained,
-        timings=result.timings, verdict=removal.verdict.to_dict())
+def entry_for(removal: Removal) -> RemovalEntry:
+    """The ledger entry for a removal committed to the session: the command line's row
+    (:func:`lcodec_core.ledger.entry_from_record` of the record's JSON)."""
+    return entry_from_record(removal.to_json())
 
 
-def record_removal(bench: Workbench, removal: Removal) -> str | None:
+def record_removal(removal: Removal) -> str | None:
     """Record ``removal``; None when recorded, else a message saying why it was not."""
     ledger, problem = open_ledger()
     if ledger is None:
         return f"This removal was not recorded in the deletion ledger: {problem}"
     try:
-        ledger.record(entry_for(bench, removal))
+        ledger.record(entry_for(removal))
     except (LedgerError, OSError) as error:
         log.warning("could not record a removal in the ledger: %s", error)
         return f"This removal was not recorded in the deletion ledger: {error}"

@@ -9,29 +9,9 @@ from pathlib import Path
 from lcodec_core.jsonsafe import json_ready
 from models import Checkpoint
 
-from .workbench import Removal, Workbench
+from .workbench import Workbench
 
 METRICS = ("retain_accuracy", "forget_accuracy", "test_accuracy", "forget_test_accuracy")
-
-
-def removal_record(removal: Removal) -> dict:
-    request = removal.request
-    return {
-        "description": request.description,
-        "identity": request.identity,
-        "forget_indices": list(request.forget_indices),
-        "forget_sources": list(request.forget.sources),
-        "retained": len(request.retain_indices),
-        "model_hash_before": removal.hash_before,
-        "model_hash_after": removal.hash_after,
-        "settings": removal.config.to_dict(),
-        "result": removal.result.summary(),
-        "verdict": removal.verdict.to_dict(),
-        "metrics": {"original": removal.original, "before": removal.before,
-                    "unlearned": removal.after, "retrained": removal.retrained},
-        "retrain_seconds": removal.retrain_s,
-        "audit": removal.audit,
-    }
 
 
 def build_report(bench: Workbench) -> dict:
@@ -47,7 +27,7 @@ def build_report(bench: Workbench) -> dict:
         "privacy_spent": {"epsilon": epsilon, "delta": delta,
                           "composition": "basic (sums) over certified removals; epsilon null = "
                                          "a removal is not certified, no guarantee claimed"},
-        "removals": [removal_record(r) for r in bench.history],
+        "removals": [r.to_json() for r in bench.history],   # the CLI's --json layout
     })
 
 
@@ -73,16 +53,16 @@ def to_markdown(report: dict) -> str:
         "training data itself is not touched.", "",
     ]
     for number, removal in enumerate(report["removals"], start=1):
-        result, metrics = removal["result"], removal["metrics"]
-        lines += [f"## Removal {number}: {removal['description']}", "",
-                  f"- Method: {result['method']}; slices selected: "
-                  f"{len(result['selected_slices'])}; parameters updated: "
-                  f"{result['parameters_updated']} ({result['parameter_share']:.2%})",
+        metrics, timings = removal, removal["timings"]
+        lines += [f"## Removal {number}: {removal['request']['description']}", "",
+                  f"- Method: {removal['settings']['method']}; slices selected: "
+                  f"{len(removal['selected_slices'])}; parameters updated: "
+                  f"{removal['parameters_updated']} ({removal['parameter_share']:.2%})",
                   f"- Outcome: {removal['verdict']['headline']}",
-                  f"- Guarantee: {result['guarantee_text']}",
-                  f"- sigma: {result['sigma']:.4g}; time: {result['timings'].get('unlearn_s', 0):.2f} s"
-                  + (f" (retraining took {removal['retrain_seconds']:.1f} s)"
-                     if removal.get("retrain_seconds") else ""),
+                  f"- Guarantee: {removal['guarantee_text']}",
+                  f"- sigma: {removal['sigma']:.4g}; time: {timings.get('unlearn_s') or 0:.2f} s"
+                  + (f" (retraining took {timings['retrain_s']:.1f} s)"
+                     if timings.get("retrain_s") else ""),
                   f"- Model hash before / after: `{removal['model_hash_before'][:16]}` / "
                   f"`{removal['model_hash_after'][:16]}`", "",
                   "| accuracy | original | unlearned | retrained |", "|---|---|---|---|"]

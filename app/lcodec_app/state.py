@@ -277,10 +277,9 @@ def collect_finished_job(bench: Workbench) -> Job | None:
     try:
         if job.kind == "unlearn":
             bench.push(job.result)
-            state.ledger_warning = records.record_removal(bench, job.result)
+            state.ledger_warning = records.record_removal(job.result)
         elif job.kind == "retrain":
-            removal = job.payload["removal"]
-            removal.retrained, removal.retrain_s, removal.audit = job.result
+            bench.with_reference(job.payload["removal"], job.result)
         elif job.kind == "train":
             use_upload(job.result, job.payload["bundle"])
     except ValueError as error:

@@ -20,22 +20,22 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from contextlib import contextmanager
 from typing import Callable
 
 import torch
 from torch import nn
 
-from lcodec_core.audit.comparison import audit_removal
 from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import DataBundle, ImageDataset
-from lcodec_core.audit.evaluation import evaluate
 from lcodec_core.requests import ForgetRequest
+from lcodec_core.progress import training_progress
+from lcodec_core.removal import compare_with_retraining, remove
 from lcodec_core.sequence import remove_in_sequence
-from models import Recipe, accuracy, train
+from lcodec_core.unlearning.baselines import retrain
+from models import Checkpoint, accuracy
 
-from .workbench import Removal, Workbench, model_hash
+from .workbench import Removal, Workbench
 
 Report = Callable[[dict], None]
 UNLEARN_PHASES = ("probe", "select", "newton", "noise")
@@ -60,37 +60,31 @@ def engine_turn(report: Report):
         ENGINE_LOCK.release()
 
 
-def locked_unlearn(model, forget, retain, config: UnlearnConfig, report: Report, *,
-                   weight_decay: float, held_out: ImageDataset | None):
+def locked_unlearn(model, forget, retain, config: UnlearnConfig, report: Report, **options):
     """``unlearn`` under :data:`ENGINE_LOCK` (same arguments as ``unlearn``).
 
-    ``held_out``: photos never used in training (the bundle's test split), or None.
     Raises what ``unlearn`` raises, e.g. ``HarmfulNoiseError`` (nothing was changed then).
     """
     unlearn = unlearn_fn()
     with engine_turn(report):
-        return unlearn(model, forget, retain, config, report, weight_decay=weight_decay,
-                       held_out=held_out)
+        return unlearn(model, forget, retain, config, report, **options)
 
 
 def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnConfig):
-    """Work that removes ``request`` from the session's current model; returns a Removal."""
-    model = copy.deepcopy(workbench.current)
+    """Work that removes ``request`` from the session's current model with
+    :func:`lcodec_core.removal.remove` (the command line's call); returns its record."""
+    checkpoint = workbench.current_checkpoint()
+    checkpoint = Checkpoint(copy.deepcopy(checkpoint.model), checkpoint.metadata)
     original = copy.deepcopy(workbench.original)
-    bundle, weight_decay = workbench.bundle, workbench.weight_decay
-    hash_before = workbench.current_hash
-    who = (workbench.class_names[request.identity] if request.identity is not None else
-           f"{len(request.forget_indices)} photo{'s' if len(request.forget_indices) != 1 else ''}")
+    bundle, hash_before = workbench.bundle, workbench.current_hash
 
     def work(report: Report) -> Removal:
         report({"phase": "probe", "fraction": 0.0, "message": "measuring accuracy before"})
-        before = workbench.metrics(model, hash_before, request)
+        before = workbench.metrics(checkpoint.model, hash_before, request)
         original_metrics = workbench.metrics(original, workbench.base_hash, request)
-        result = locked_unlearn(model, request.forget, request.retain, config, report,
-                                weight_decay=weight_decay, held_out=held_out_photos(bundle))
-        after = evaluate(result.model, bundle, request)
-        return Removal(request, config, result, before, after, original_metrics, hash_before,
-                       model_hash(result.model), who=who)
+        return remove(checkpoint, bundle, request, config, on_progress=report,
+                      original=original_metrics, before=before, hash_before=hash_before,
+                      engine=locked_unlearn)
 
     return work
 
@@ -101,35 +95,16 @@ def held_out_photos(bundle: DataBundle) -> ImageDataset | None:
 
 
 def retrain_work(workbench: Workbench, removal: Removal):
-    """Work that retrains the architecture from scratch on the removal's retained data (the
-    reference) and audits the removal against it (:func:`lcodec_core.audit.comparison.audit_removal`).
+    """Work that adds the retrained reference to ``removal`` with
+    :func:`lcodec_core.removal.compare_with_retraining` (the command line's call): the
+    architecture retrained from scratch on the retained data, and the audit. Returns the new
+    record (the session swaps it in with :meth:`Workbench.with_reference`)."""
+    original, recipe, bundle = workbench.original, workbench.recipe, workbench.bundle
 
-    Returns (metrics on the request, seconds taken, the audit of original/unlearned/retrained).
-    """
-    model_name = workbench.metadata["model"]
-    recipe = Recipe.from_dict(workbench.metadata["recipe"])
-    bundle, request = workbench.bundle, removal.request
-
-    def work(report: Report):
-        start = time.perf_counter()
-        checkpoint = train(model_name, request.retain, recipe,
-                           on_progress=_training_progress(report, "retrain"))
-        elapsed = time.perf_counter() - start
-        report({"phase": "audit", "fraction": 1.0,
-                "message": "membership inference and distances to the retrained model"})
-        audit = audit_removal(workbench.original, removal.model, checkpoint.model, bundle, request,
-                              weight_decay=recipe.weight_decay, seed=removal.config.seed)
-        return evaluate(checkpoint.model, bundle, request), elapsed, audit
+    def work(report: Report) -> Removal:
+        return compare_with_retraining(removal, original, recipe, bundle, on_progress=report)
 
     return work
-
-
-def _training_progress(report: Report, phase: str) -> Callable[[dict], None]:
-    def on_epoch(event: dict) -> None:
-        report({"phase": phase, "fraction": event["epoch"] / event["epochs"],
-                "message": f"retraining from scratch: epoch {event['epoch']}/{event['epochs']}, "
-                           f"loss {event['loss']:.3f}"})
-    return on_epoch
 
 
 def cumulative_metrics(model: nn.Module, bundle: DataBundle, removed: list[int],
@@ -167,14 +142,12 @@ def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
     bundle, weight_decay = workbench.bundle, workbench.weight_decay
     already = list(workbench.removed_indices)
     already_identities = list(workbench.removed_identities)
-    model_name = workbench.metadata["model"]
-    recipe = Recipe.from_dict(workbench.metadata["recipe"])
+    recipe = workbench.recipe
 
     def retrained_row(step: int, removed: list[int], identities: list[int], report: Report):
         keep = sorted(set(range(len(bundle.train))) - set(removed))
-        checkpoint = train(model_name, bundle.train.subset(keep), recipe,
-                           on_progress=_training_progress(report, "retrain"))
-        return {"step": step, **cumulative_metrics(checkpoint.model, bundle, removed, identities)}
+        retrained = retrain(bundle.train.subset(keep), recipe, on_progress=training_progress(report))
+        return {"step": step, **cumulative_metrics(retrained, bundle, removed, identities)}
 
     def work(report: Report) -> dict:
         rows = [{"step": 0, "removed": "(none)", "seconds": 0.0,
@@ -216,7 +189,7 @@ def noise_preview(workbench: Workbench, config: UnlearnConfig, forget_count: int
         return 0.0, median
     sigma = noise_sigma(epsilon=config.epsilon, delta=config.delta,
                         n=forget_count + retain_count, k=forget_count,
-                        weight_decay=config.weight_decay or workbench.weight_decay,
+                        weight_decay=config.objective_weight_decay(recipe=workbench.recipe),
                         hessian_lipschitz=config.hessian_lipschitz,
                         loss_lipschitz=config.loss_lipschitz)
     return sigma, median

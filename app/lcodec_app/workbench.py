@@ -8,24 +8,19 @@ is dropping them all. Nothing here imports Streamlit.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from lcodec_core.unlearning.config import UnlearnConfig
 from lcodec_core.data import DataBundle
 from lcodec_core.audit.evaluation import evaluate
-from lcodec_core.ledger import is_certified, privacy_spent
+from lcodec_core.ledger import privacy_spent
 from lcodec_core.requests import ForgetRequest
-from lcodec_core.unlearning.result import UnlearnResult
-from lcodec_core.audit.verdict import Verdict, judge
-from models import Checkpoint, state_hash
+from lcodec_core.record import RemovalRecord
+from models import ZOO, Checkpoint, Recipe, state_hash
 
-# Built-in data sets and the zoo models offered for each (first = default).
-ZOO = {
-    "olivetti": ("small_cnn", "resnet18"),
-    "mnist": ("logreg", "mlp"),
-}
+# Built-in data sets and the zoo models offered for each (first = default): models.ZOO.
 DATASET_LABELS = {"olivetti": "Olivetti faces (40 people)", "mnist": "MNIST digits (10 classes)"}
 MODEL_LABELS = {
     "small_cnn": "small CNN (35k parameters, trains in ~30 s on 2 cores)",
@@ -58,49 +53,7 @@ class SharedBase:
     base_hash: str
 
 
-@dataclass
-class Removal:
-    """One applied removal: what was asked, with which settings, and what it did.
-
-    ``before``/``after``: :func:`lcodec_core.audit.evaluation.evaluate` of the model before and
-    after this removal on its request; ``original``: the session's untouched base model on
-    the same request. ``retrained`` (filled in by the Audit page): the same architecture
-    retrained from scratch on ``request.retain``; ``audit`` (with it):
-    :func:`lcodec_core.audit.comparison.audit_removal` of the original, this removal's model and the
-    retrained one. ``who``: how the verdict names what was removed ("person 05", "3 photos").
-    """
-    request: ForgetRequest
-    config: UnlearnConfig
-    result: UnlearnResult
-    before: dict
-    after: dict
-    original: dict
-    hash_before: str
-    hash_after: str
-    retrained: dict | None = None
-    retrain_s: float | None = None
-    audit: dict | None = None
-    who: str | None = None
-
-    @property
-    def model(self) -> nn.Module:
-        return self.result.model
-
-    @property
-    def label(self) -> str:
-        return self.request.description
-
-    @property
-    def verdict(self) -> Verdict:
-        """What the numbers show (:func:`lcodec_core.audit.verdict.judge`): never assumed."""
-        return judge(self.before, self.after, identity=self.request.identity,
-                     changed=self.result.changed, step=self.result.diagnostics.get("step"),
-                     who=self.who)
-
-    @property
-    def certified(self) -> bool:
-        """True when the removal's (epsilon, delta) is a certified guarantee."""
-        return is_certified(self.result.guarantee, self.config.epsilon)
+Removal = RemovalRecord   # one applied removal: the core's record (lcodec_core.record)
 
 
 @dataclass
@@ -137,9 +90,21 @@ class Workbench:
     def removed_identities(self) -> list[int]:
         return [r.request.identity for r in self.history if r.request.identity is not None]
 
+    @functools.cached_property
+    def recipe(self) -> Recipe:
+        """The base model's training recipe, parsed once."""
+        return Recipe.from_dict(self.metadata["recipe"])
+
     @property
     def weight_decay(self) -> float:
-        return float(self.metadata["recipe"]["weight_decay"])
+        return self.recipe.weight_decay
+
+    def current_checkpoint(self) -> Checkpoint:
+        """The session's current model with the base's metadata (recipe, model name); a
+        stored stationarity measurement is dropped once removals have moved the model."""
+        metadata = {key: value for key, value in self.metadata.items()
+                    if not (self.history and key == "stationarity")}
+        return Checkpoint(self.current, metadata)
 
     @property
     def class_names(self) -> list[str]:
@@ -163,6 +128,13 @@ class Workbench:
             raise ValueError("this removal was computed on another model state "
                              "(the session changed while it ran); run it again")
         self.history.append(removal)
+
+    def with_reference(self, removal: Removal, updated: Removal) -> None:
+        """Put ``updated`` (``removal`` with its retrained reference, a new record) in the
+        place of ``removal``; nothing when the removal was undone meanwhile."""
+        for position, kept in enumerate(self.history):
+            if kept is removal:
+                self.history[position] = updated
 
     def undo(self) -> Removal | None:
         """Drop the last removal (the model goes back to the one before it)."""

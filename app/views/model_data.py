@@ -7,6 +7,7 @@ from lcodec_app import state, uploads
 from lcodec_app.jobs import Job
 from lcodec_app.widgets import busy, explain, face, job_progress, pct, points, show_job_error
 from lcodec_app.workbench import DATASET_LABELS, MODEL_LABELS, ZOO, ModelKey
+from lcodec_core.progress import training_progress
 from models import accuracy, default_recipe, train
 
 bench = st.session_state.workbench
@@ -75,10 +76,7 @@ with st.expander("Use your own model or photos", icon=":material/upload:"):
 
             def work(report, data=data, recipe=recipe):
                 checkpoint = train("small_cnn", data.train, recipe, test=data.test,
-                                   on_progress=lambda e: report({
-                                       "phase": "train", "fraction": e["epoch"] / e["epochs"],
-                                       "message": f"epoch {e['epoch']}/{e['epochs']}, "
-                                                  f"loss {e['loss']:.3f}"}))
+                                   on_progress=training_progress(report, "train", "training"))
                 checkpoint.metadata.update({"dataset": data.name, "data_seed": data.seed})
                 return checkpoint
 

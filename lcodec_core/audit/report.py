@@ -1,6 +1,7 @@
 """The audit as a Markdown report with plotly charts (HTML, and PNG where a browser is found).
 
-Input: the JSON report of ``unlearn --compare retrain`` (see :func:`.removal.run_removal`),
+Input: the JSON report of ``unlearn --compare retrain`` (:meth:`lcodec_core.record.RemovalRecord.to_json` after
+:func:`lcodec_core.removal.compare_with_retraining`),
 which holds ``audit.original``, ``audit.unlearned`` and ``audit.retrained``. Every number
 is written beside the retrained model's. plotly is imported only when charts are drawn, so
 the engine stays free of UI libraries at import time.

@@ -15,10 +15,10 @@ It never imports a UI library; torch is used only to serialise a checkpoint.
 from .files import ReconcileReport, TEMP_SUFFIX, save_and_record, write_and_record
 from .privacy import COMPOSITION, PrivacyCost, is_certified, privacy_cost, privacy_spent
 from .store import (LEDGER_FILENAME, METRIC_KEYS, SCHEMA_VERSION, Ledger, LedgerError, LedgerRow,
-                    RemovalEntry, default_ledger_path, entry_from_report, removal_entry)
+                    RemovalEntry, default_ledger_path, entry_from_record, removal_entry)
 
 __all__ = ["COMPOSITION", "LEDGER_FILENAME", "METRIC_KEYS", "SCHEMA_VERSION", "TEMP_SUFFIX",
            "Ledger", "LedgerError", "LedgerRow", "PrivacyCost", "ReconcileReport",
-           "RemovalEntry", "default_ledger_path", "entry_from_report", "is_certified",
+           "RemovalEntry", "default_ledger_path", "entry_from_record", "is_certified",
            "privacy_cost", "privacy_spent", "removal_entry", "save_and_record",
            "write_and_record"]

@@ -6,7 +6,7 @@ happened (UTC), the model's hash before and after (:func:`models.state_hash`), w
 removed (identity, training indices, file names), the method and every setting, sigma,
 epsilon and delta, the accuracies, and the file the new model was saved to, if any.
 :func:`removal_entry` is the one constructor of what a row records, for the command line
-(:func:`entry_from_report`) and the dashboard alike.
+(:func:`entry_from_record`) and the dashboard alike.
 
 Lineage
     A row's ``lineage`` is the hash of the root model it descends from. A removal from a model
@@ -410,18 +410,20 @@ def removal_entry(*, model_before: str, model_after: str, dataset: str | None,
         delta=delta if certified else None, metrics=metrics, model_path=model_path)
 
 
-def entry_from_report(report: dict, model_before: str, model_after: str,
-                      model_path: str | None = None) -> RemovalEntry:
-    """:func:`removal_entry` from :func:`lcodec_core.removal.run_removal`'s report."""
-    request = report["request"]
+def entry_from_record(record: dict, model_path: str | None = None) -> RemovalEntry:
+    """The ledger row of a removal: :func:`removal_entry` from
+    :meth:`lcodec_core.record.RemovalRecord.to_json` (the command line and the dashboard both
+    record through this)."""
+    request = record["request"]
     return removal_entry(
-        model_before=model_before, model_after=model_after, dataset=report.get("dataset"),
-        model_name=report.get("model"), identity=request.get("identity"),
-        forget_indices=request.get("forget_indices", []), file_names=request.get("sources", []),
-        settings=report["settings"], guarantee=report["guarantee"], sigma=report.get("sigma"),
-        epsilon=report.get("epsilon"), delta=report.get("delta"), before=report["original"],
-        unlearned=report["unlearned"], retrained=report.get("retrained"),
-        timings=report.get("timings"), verdict=report.get("verdict"), model_path=model_path)
+        model_before=record["model_hash_before"], model_after=record["model_hash_after"],
+        dataset=record.get("dataset"), model_name=record.get("model"),
+        identity=request.get("identity"), forget_indices=request.get("forget_indices", []),
+        file_names=request.get("sources", []), settings=record["settings"],
+        guarantee=record["guarantee"], sigma=record.get("sigma"), epsilon=record.get("epsilon"),
+        delta=record.get("delta"), original=record.get("original"), before=record["before"],
+        unlearned=record["unlearned"], retrained=record.get("retrained"),
+        timings=record.get("timings"), verdict=record.get("verdict"), model_path=model_path)
 
 
 def _utc_now() -> str:

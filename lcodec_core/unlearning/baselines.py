@@ -9,6 +9,7 @@ Every function returns a new model; the input model is not modified.
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,9 +20,11 @@ from models import Recipe, train
 from ..data import ImageDataset
 
 
-def retrain(retain: ImageDataset, recipe: Recipe) -> nn.Module:
-    """Train ``recipe.model`` from scratch on ``retain`` with ``recipe``."""
-    return train(recipe.model, retain, recipe).model
+def retrain(retain: ImageDataset, recipe: Recipe, *,
+            on_progress: Callable[[dict], None] | None = None) -> nn.Module:
+    """Train ``recipe.model`` from scratch on ``retain`` with ``recipe``; ``on_progress`` gets
+    :func:`models.train`'s epoch events."""
+    return train(recipe.model, retain, recipe, on_progress=on_progress).model
 
 
 def _epochs(model: nn.Module, data: ImageDataset, *, epochs: int, lr: float, weight_decay: float,

@@ -85,6 +85,19 @@ class UnlearnConfig:
             if not ok:
                 raise ValueError(message)
 
+    def objective_weight_decay(self, weight_decay: float | None = None, recipe=None) -> float:
+        """lam of the training objective, decided in this one place: ``self.weight_decay``
+        when set (an explicit user setting), else ``weight_decay``, else ``recipe.weight_decay``
+        (the checkpoint's recipe, what the command line and the dashboard pass).
+
+        Raises ValueError unless lam is a finite number > 0.
+        """
+        lam = self.weight_decay or weight_decay or (recipe.weight_decay if recipe is not None else None)
+        if not lam or not math.isfinite(lam) or lam <= 0:
+            raise ValueError(f"weight_decay (lam of the training objective) must be a finite number "
+                             f"> 0; got {lam}: pass weight_decay=, a recipe, or set config.weight_decay")
+        return float(lam)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -11,14 +11,16 @@ Phases (each timed and reported through ``on_progress``):
            when it would leave the model near chance; labelled by :mod:`.guarantee`.
 Parameters outside P are bit-identical to the input model's. The input model is never
 modified; a new model is returned, and nothing non-finite ever is.
+Buffers (BatchNorm running statistics) are never updated: probing, curvature and every
+evaluation of a step run on private eval-mode copies, so BatchNorm normalises with its frozen
+running statistics and never accumulates new ones. ``diagnostics["buffers_unchanged"]`` checks
+it on the returned model (False only for the finetune and negrad baselines, which train).
 """
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from typing import Callable
 
 import torch
 from torch import nn
@@ -31,6 +33,7 @@ from .config import SELECTION_METHODS, UnlearnConfig
 from .guarantee import guarantee_for
 from ..data import ImageDataset
 from ..parallel.shard import ONE_PROCESS, RetainedShard
+from ..progress import ProgressFn, emit
 from .forget_step import forget_gradient, targeted_step
 from .memory import PeakMemory
 from .newton import block_newton
@@ -41,12 +44,6 @@ from .selection import removed_class_units, select_slices
 from .slices import count_parameters, enumerate_slices, slice_parameter_rows
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[dict], None]
-
-
-def _emit(on_progress: ProgressFn | None, phase: str, fraction: float, message: str) -> None:
-    if on_progress is not None:
-        on_progress({"phase": phase, "fraction": float(fraction), "message": message})
 
 
 def _check_inputs(model: nn.Module, forget: ImageDataset, retain: ImageDataset) -> None:
@@ -118,10 +115,7 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
     if shard.distributed and config.method in ("retrain", "finetune", "negrad"):
         raise ValueError(f"method {config.method!r} is a baseline that runs in one process; "
                          f"several workers split the block removal's retained sums only")
-    lam = config.weight_decay or weight_decay or (recipe.weight_decay if recipe is not None else None)
-    if not lam or not math.isfinite(lam) or lam <= 0:
-        raise ValueError(f"weight_decay (lam of the training objective) must be a finite number "
-                         f"> 0; got {lam}: pass weight_decay=, a recipe, or set config.weight_decay")
+    lam = config.objective_weight_decay(weight_decay, recipe)
     n, k = len(forget) + len(retain), len(forget)
     device = next(model.parameters()).device
     timings = {"probe_s": 0.0, "select_s": 0.0, "newton_s": 0.0, "noise_s": 0.0}
@@ -140,7 +134,7 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
                             loss_lipschitz=config.loss_lipschitz) if changed else 0.0
         if sigma > 0:
             tick = time.perf_counter()
-            _emit(on_progress, "noise", 0.0, f"adding noise, sigma = {sigma:.3g}")
+            emit(on_progress, "noise", 0.0, f"adding noise, sigma = {sigma:.3g}")
             params = {k_: v.detach() for k_, v in new_model.named_parameters()}
             noisy = add_noise(params, sigma, rows if config.noise_on == "block" else None, config.seed)
             noisy_model = _with_params(new_model, noisy)
@@ -155,12 +149,21 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
     total = sum(p.numel() for p in model.parameters())
     updated = count_parameters(model, rows) if rows is not None else total
     guarantee, reasons = guarantee_for(config, model, changed=changed, noise_added=sigma > 0)
-    _emit(on_progress, "done", 1.0, f"done in {timings['unlearn_s']:.2f} s")
+    emit(on_progress, "done", 1.0, f"done in {timings['unlearn_s']:.2f} s")
     return UnlearnResult(
         model=new_model, config=config, selected_slices=selected, parameters_updated=updated,
         parameter_share=updated / total, sigma=sigma, timings=timings, peak_memory_mb=peak.mb,
-        diagnostics={**diagnostics, "n": n, "k": k, "weight_decay": lam},
+        diagnostics={**diagnostics, "n": n, "k": k, "weight_decay": lam,
+                     "buffers_unchanged": _buffers_unchanged(model, new_model)},
         guarantee=guarantee, guarantee_reasons=reasons)
+
+
+def _buffers_unchanged(model: nn.Module, new_model: nn.Module) -> bool:
+    """Whether every buffer of ``new_model`` (BatchNorm running mean, variance and batch
+    count) equals the input model's bit for bit."""
+    new = dict(new_model.named_buffers())
+    return all(name in new and torch.equal(value, new[name])
+               for name, value in model.named_buffers())
 
 
 def _refuse_harmful_noise(clean: nn.Module, noisy: nn.Module, retain: ImageDataset, sigma: float,
@@ -196,7 +199,7 @@ def _with_params(model: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module
 
 def _baseline(model, forget, retain, config, lam, recipe, on_progress, timings):
     tick = time.perf_counter()
-    _emit(on_progress, "newton", 0.0, f"running baseline {config.method}")
+    emit(on_progress, "newton", 0.0, f"running baseline {config.method}")
     if config.method == "retrain":
         if recipe is None:
             raise ValueError("method 'retrain' needs the training recipe (recipe=)")
@@ -222,7 +225,7 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
 
     tick = time.perf_counter()
     if method != "all" and shard.rank == 0:   # forget set only: rank 0 probes and selects, then sends
-        _emit(on_progress, "probe", 0.0,
+        emit(on_progress, "probe", 0.0,
               f"probing {len(forget)} image(s) x {config.num_perturbations} perturbations")
         table = probe(model, forget.images, forget.targets, num_perturbations=config.num_perturbations,
                       perturbation_std=config.perturbation_std, seed=config.seed,
@@ -232,7 +235,7 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
     timings["probe_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    _emit(on_progress, "select", 0.0, f"selecting slices ({method})")
+    emit(on_progress, "select", 0.0, f"selecting slices ({method})")
     if table is None:
         selected = [SelectedSlice(s.module, s.index, float("nan"), i) for i, s in enumerate(slices)]
         diagnostics["selection"] = {"candidates": len(slices), "stopped_because": "all slices"}
@@ -245,7 +248,7 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
     selected, diagnostics["selection"] = shard.from_rank0(
         lambda: (selected, diagnostics["selection"]), "selection")   # the same block on every rank
     timings["select_s"] = time.perf_counter() - tick
-    _emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
+    emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
     if not selected:
         diagnostics["newton"] = "skipped: no slice selected (no dependence between the loss and any activation)"
         diagnostics["changed"] = False
@@ -296,9 +299,9 @@ def _newton_iterations(objective, forget, retain, config, lam, on_progress):
         forget_rhs = forget_gradient(objective, forget, len(forget) + len(retain)).to(objective.v0.dtype)
 
     def on_step(step, steps, loss):
-        _emit(on_progress, "newton", step / steps, f"Newton step {step}: retained loss {loss:.4f}")
+        emit(on_progress, "newton", step / steps, f"Newton step {step}: retained loss {loss:.4f}")
 
-    _emit(on_progress, "newton", 0.0, f"block Newton on p = {objective.size} parameters ({solver})")
+    emit(on_progress, "newton", 0.0, f"block Newton on p = {objective.size} parameters ({solver})")
     v_new, report = block_newton(objective, rhs=config.rhs, forget_rhs=forget_rhs, solver=solver,
                                  max_steps=config.newton_steps, damping=config.damping,
                                  cg_iterations=config.cg_iterations,
