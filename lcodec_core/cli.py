@@ -163,7 +163,9 @@ def _remove_and_record(args) -> dict:
         _refuse_overwriting_the_original(args, checkpoint)
     request = request_for(bundle)
     warm_up()
-    record = remove(checkpoint, bundle, request, config, on_progress=_print_progress)
+    from .parallel import removal_engine
+    record = remove(checkpoint, bundle, request, config, on_progress=_print_progress,
+                    engine=removal_engine(getattr(args, "workers", 1)))
     if args.compare == "retrain":
         record = compare_with_retraining(record, checkpoint.model, checkpoint.recipe, bundle,
                                          on_progress=_print_progress)
@@ -327,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     unlearn = commands.add_parser("unlearn", help="remove an identity or training images from a model")
     removal_args(unlearn)
+    unlearn.add_argument("--workers", type=int, default=1, metavar="W",
+                         help="split the retained set's sums over W processes on this machine "
+                              "(gloo; same result); under torchrun leave it out (docs/SCALING.md)")
     unlearn.set_defaults(run=cmd_unlearn)
 
     audit = commands.add_parser("audit", help=(

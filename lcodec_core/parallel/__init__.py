@@ -8,8 +8,9 @@
 
 See docs/SCALING.md for the user-facing how-to and what is and is not split.
 """
-from .launch import check_workers, join_group, run_on_workers, unlearn_distributed
+from .launch import (check_workers, join_group, removal_engine, run_on_workers,
+                     unlearn_distributed)
 from .shard import ONE_PROCESS, RetainedShard
 
 __all__ = ["RetainedShard", "ONE_PROCESS", "unlearn_distributed", "run_on_workers",
-           "join_group", "check_workers"]
+           "join_group", "check_workers", "removal_engine"]

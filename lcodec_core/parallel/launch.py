@@ -237,6 +237,32 @@ def unlearn_distributed(model: nn.Module, forget: ImageDataset, retain: ImageDat
                           threads=threads)
 
 
+def removal_engine(workers: int | None = None):
+    """The ``engine`` for :func:`lcodec_core.removal.remove` (``lcodec unlearn --workers W``):
+    None (the plain one-process engine) for W = 1 outside a process group, else a callable
+    with :func:`lcodec_core.unlearn`'s signature that runs :func:`unlearn_distributed`.
+
+    Under torchrun every rank runs the command; the ranks other than 0 leave the program
+    (``SystemExit(0)``) as soon as the removal is done, so only rank 0 evaluates the result,
+    saves it and records it in the ledger.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"--workers must be a whole number >= 1; got {workers!r}")
+    launched = _in_group() or _launched()
+    if not launched and workers in (None, 1):
+        return None
+
+    def engine(model, forget, retain, config=UnlearnConfig(), on_progress=None, **options):
+        result = unlearn_distributed(model, forget, retain, config, on_progress,
+                                     workers=None if launched else workers, **options)
+        import torch.distributed as dist
+        if launched and dist.get_rank() != 0:
+            dist.destroy_process_group()
+            raise SystemExit(0)
+        return result
+    return engine
+
+
 def _unlearn_on_rank_with_traffic(shard, model, forget, retain, config, options, on_progress=None):
     return _with_traffic(_unlearn_on_rank(shard, model, forget, retain, config, options,
                                           on_progress), shard)
