@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from .store import Ledger, LedgerRow, RemovalEntry
+    from .entries import LedgerRow, RemovalEntry
+    from .store import Ledger
 
 log = logging.getLogger(__name__)
 
