@@ -17,7 +17,7 @@ from lcodec_core.data import DataError  # noqa: E402
 from lcodec_core.progress import training_progress  # noqa: E402
 from lcodec_app import state, widgets  # noqa: E402
 from lcodec_app.workbench import DATASET_LABELS, MODEL_LABELS  # noqa: E402
-from models import CheckpointError  # noqa: E402
+from lcodec_models import CheckpointError  # noqa: E402
 
 st.set_page_config(page_title="lcodec: machine unlearning", page_icon=":material/person_remove:",
                    layout="wide")

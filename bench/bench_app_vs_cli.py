@@ -39,7 +39,7 @@ from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.removal import compare_with_retraining, remove  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
-from models import state_hash  # noqa: E402
+from lcodec_models import state_hash  # noqa: E402
 
 
 def timed(call) -> tuple[float, object]:

@@ -30,7 +30,7 @@ from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.requests import make_request  # noqa: E402
 from lcodec_core.unlearning.unlearn import unlearn  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
-from models import Recipe  # noqa: E402
+from lcodec_models import Recipe  # noqa: E402
 
 NAME = "olivetti_baselines"
 SEEDED = ("lfoci", "random", "top1", "finetune", "negrad")

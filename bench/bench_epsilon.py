@@ -28,7 +28,7 @@ from bench.common import print_results, quick_suffix, COLORS, RESULTS, JsonlWrit
 from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.sequence import remove_in_sequence  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
-from models import accuracy  # noqa: E402
+from lcodec_models import accuracy  # noqa: E402
 
 NAME = "olivetti_epsilon"
 EPSILON_DASH = {"none": None, "1e-05": None, "0.001": "dash", "0.1": "dot", "1.0": "dashdot"}

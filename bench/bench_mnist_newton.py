@@ -42,7 +42,7 @@ from lcodec_core.unlearning.config import UnlearnConfig  # noqa: E402
 from lcodec_core.sequence import remove_in_sequence  # noqa: E402
 from lcodec_core.unlearning.unlearn import unlearn  # noqa: E402
 from lcodec_core.zoo_cache import load_or_train  # noqa: E402
-from models import accuracy  # noqa: E402
+from lcodec_models import accuracy  # noqa: E402
 
 NAME = "mnist_sequential"
 METHODS = ("lfoci", "random", "full-newton")

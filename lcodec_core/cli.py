@@ -51,8 +51,8 @@ def cmd_polish(args) -> int:
     import copy
     from pathlib import Path
 
-    from models import Checkpoint
-    from models.stationarity import objective_gradient_norms, polish_head
+    from lcodec_models import Checkpoint
+    from lcodec_models.stationarity import objective_gradient_norms, polish_head
     checkpoint, bundle = _load_model(args)
     if args.model and Path(args.model).is_file() and Path(args.save).resolve() == Path(args.model).resolve():
         raise ValueError(f"--save {args.save} is the checkpoint being polished; choose another path")
@@ -86,7 +86,7 @@ def _load_model(args, check_bundle=None):
     range) fails in seconds, not after training."""
     from pathlib import Path
 
-    from models import MODEL_NAMES, load_checkpoint
+    from lcodec_models import MODEL_NAMES, load_checkpoint
 
     from .data import load_dataset
     from .zoo_cache import load_or_train
@@ -145,7 +145,7 @@ def _remove_and_record(args) -> dict:
     :func:`~lcodec_core.removal.compare_with_retraining` with ``--compare retrain``), save it
     with ``--save`` and record it in the ledger; returns the record's JSON with where it was
     saved and recorded. Nothing is written to ``args``."""
-    from models import Checkpoint
+    from lcodec_models import Checkpoint
 
     from .ledger import Ledger, entry_from_record, save_and_record
     from .removal import compare_with_retraining, remove

@@ -20,7 +20,7 @@ def emit(on_progress: ProgressFn | None, phase: str, fraction: float, message: s
 
 def training_progress(on_progress: ProgressFn | None, phase: str = "retrain",
                       doing: str = "retraining from scratch") -> ProgressFn | None:
-    """The adapter from :func:`models.train`'s epoch events ``{"epoch", "epochs", "loss"}`` to
+    """The adapter from :func:`lcodec_models.train`'s epoch events ``{"epoch", "epochs", "loss"}`` to
     progress events: ``{"phase": phase, "fraction": epoch / epochs, "message": "<doing>: epoch
     3/30, loss 0.123"}``. None when ``on_progress`` is None."""
     if on_progress is None:

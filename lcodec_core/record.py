@@ -32,7 +32,7 @@ class RemovalRecord:
     the root model of the run (the command line's loaded model, the dashboard's untouched
     base), ``before`` of the model this removal started from, ``after`` of the unlearned
     model, ``retrained`` of the reference trained without the forget set (None until
-    :meth:`with_reference`). ``hash_before``/``hash_after``: :func:`models.state_hash` of the
+    :meth:`with_reference`). ``hash_before``/``hash_after``: :func:`lcodec_models.state_hash` of the
     model before and after. ``who`` names what was removed in the verdict ("person 05").
     """
     request: ForgetRequest

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models import Checkpoint, Recipe, state_hash
+from lcodec_models import Checkpoint, Recipe, state_hash
 
 from .audit.comparison import audit_removal
 from .unlearning.baselines import retrain
@@ -35,7 +35,7 @@ def stationarity_of(checkpoint: Checkpoint, images, targets) -> dict:
     """|grad F(w*)| of the checkpoint (stored by training, else measured on the training
     ``images`` (n, C, H, W) and ``targets`` (n,)), the head's part, and a warning when the head
     is far from its optimum (``lcodec polish`` fixes that)."""
-    from models.stationarity import head_module, objective_gradient_norms
+    from lcodec_models.stationarity import head_module, objective_gradient_norms
     stored = checkpoint.metadata.get("stationarity")
     if stored is None:
         stored = objective_gradient_norms(checkpoint.model, images, targets,

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from models import Checkpoint, Recipe, default_recipe, load_checkpoint, train
-from models.zoo import DEFAULT_MODEL
+from lcodec_models import Checkpoint, Recipe, default_recipe, load_checkpoint, train
+from lcodec_models.zoo import DEFAULT_MODEL
 
 from .data import DataBundle, load_dataset
 from .paths import models_dir

@@ -41,7 +41,7 @@ class Checkpoint:
 
     @functools.cached_property
     def recipe(self):
-        """The training recipe (:class:`models.Recipe`) stored in the metadata, parsed once:
+        """The training recipe (:class:`lcodec_models.Recipe`) stored in the metadata, parsed once:
         every caller reads lam and the training settings from here."""
         from .training import Recipe
         return Recipe.from_dict(self.metadata["recipe"])

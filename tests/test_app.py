@@ -30,7 +30,7 @@ def metric(at: AppTest, label: str) -> float:
 def base_hash() -> str:
     """Hash of the shared base model, straight from the server-wide cache."""
     from lcodec_app import state
-    from models import state_hash
+    from lcodec_models import state_hash
     return state_hash(state.shared_base("olivetti", "small_cnn").checkpoint.model)
 
 
@@ -38,7 +38,7 @@ def base_hash() -> str:
 def trained(trained_small_cnn):
     """The default model, trained and cached in the test LCODEC_HOME before the app loads it."""
     checkpoint, _ = trained_small_cnn
-    from models import state_hash
+    from lcodec_models import state_hash
     return state_hash(checkpoint.model)
 
 
@@ -194,7 +194,7 @@ def test_before_after_activation_view(removed):
 
 def test_audit_retrains_and_downloads(removed, tmp_path):
     from lcodec_app import report
-    from models import load_checkpoint
+    from lcodec_models import load_checkpoint
     removed.switch_page("views/audit.py").run()
     removed.button(key="audit_retrain").click().run()
     finish(removed)
@@ -218,7 +218,7 @@ def test_audit_retrains_and_downloads(removed, tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(report.model_bytes(bench))
     loaded = load_checkpoint(path)
-    from models import state_hash
+    from lcodec_models import state_hash
     assert state_hash(loaded.model) == bench.current_hash
     assert loaded.metadata["lineage"]["removals"][0]["identity"] == FORGET_ID
 

@@ -14,7 +14,7 @@ def stationarity_warnings(at) -> list[str]:
 
 def test_rough_model_is_flagged_and_polished(trained_small_cnn):
     from lcodec_app.workbench import ModelKey, SharedBase
-    from models import Checkpoint, state_hash
+    from lcodec_models import Checkpoint, state_hash
     checkpoint, bundle = trained_small_cnn
     at = start_app()
     at.switch_page("views/forget.py").run()

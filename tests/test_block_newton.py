@@ -25,7 +25,7 @@ from lcodec_core.unlearning.block import BlockObjective
 from lcodec_core.unlearning.newton import block_newton, conjugate_gradient, solve_explicit
 from lcodec_core.unlearning.slices import SliceRef, slice_parameter_rows
 from lcodec_core.unlearning.suffix import split_model
-from models.zoo import MLP, LogisticRegression, SmallCNN
+from lcodec_models.zoo import MLP, LogisticRegression, SmallCNN
 
 DTYPE = torch.float64
 

@@ -91,7 +91,7 @@ def test_forget_index_that_is_not_a_number():
 
 
 def test_save_over_the_original_checkpoint_is_refused(trained_small_cnn, tmp_path):
-    from models import Recipe
+    from lcodec_models import Recipe
     from lcodec_core.zoo_cache import cache_path
     checkpoint, _ = trained_small_cnn
     original = tmp_path / "model.pt"

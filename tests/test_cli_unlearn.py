@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import lcodec_core.paths
-from models import load_checkpoint, state_hash
+from lcodec_models import load_checkpoint, state_hash
 
 CHECKOUT = lcodec_core.paths.CHECKOUT_DIR
 

@@ -27,7 +27,7 @@ from lcodec_core.unlearning.noise import noise_sigma
 from lcodec_core.requests import make_request
 from lcodec_core.unlearning.unlearn import HarmfulNoiseError, unlearn
 from lcodec_core.audit.verdict import Verdict, judge
-from models import accuracy
+from lcodec_models import accuracy
 
 LAM = 1e-2
 CONFIG = UnlearnConfig(num_perturbations=20)

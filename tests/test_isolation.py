@@ -34,7 +34,7 @@ def storages(model: nn.Module) -> set[int]:
 def test_two_app_sessions_see_only_their_own_removal(trained_small_cnn):
     from apptest import finish, run_forget, start_app
     from lcodec_app import state
-    from models import state_hash
+    from lcodec_models import state_hash
     base = state_hash(trained_small_cnn[0].model)
 
     first, second = start_app(), start_app()
@@ -61,7 +61,7 @@ def test_two_threads_through_the_engine_adapter(trained_small_cnn):
     from lcodec_core.unlearning.config import UnlearnConfig
     from lcodec_app.workbench import ModelKey, SharedBase, Workbench
     from lcodec_core.requests import make_request
-    from models import state_hash
+    from lcodec_models import state_hash
 
     checkpoint, bundle = trained_small_cnn
     base_hash = state_hash(checkpoint.model)
@@ -111,7 +111,7 @@ def test_concurrent_unlearn_on_one_shared_model_object():
     from lcodec_core.unlearning.config import UnlearnConfig
     from lcodec_core.data import ImageDataset
     from lcodec_core.unlearning.unlearn import unlearn
-    from models import state_hash
+    from lcodec_models import state_hash
 
     generator = torch.Generator().manual_seed(0)
     targets = torch.arange(30) % 3

@@ -279,7 +279,7 @@ def test_cli_ledger_errors_are_one_line(tmp_path, capsys):
 
 
 def test_cli_unlearn_records_every_run(trained_small_cnn, tmp_path, capsys):
-    from models import load_checkpoint, state_hash
+    from lcodec_models import load_checkpoint, state_hash
     path, saved = tmp_path / "ledger.sqlite", tmp_path / "unlearned.pt"
     fast = ["--dataset", "olivetti", "--method", "negrad", "--ledger", str(path)]
     first = run_cli("unlearn", *fast, "--forget-index", "7", "--save", str(saved))

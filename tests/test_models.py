@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from lcodec_core.zoo_cache import cache_path, load_or_train
-from models import (MODEL_NAMES, CheckpointError, Recipe, accuracy, build_model, default_recipe,
+from lcodec_models import (MODEL_NAMES, CheckpointError, Recipe, accuracy, build_model, default_recipe,
                     load_checkpoint, predict, state_hash, train)
-from models.checkpoint import FORMAT
+from lcodec_models.checkpoint import FORMAT
 
 # (model, input shape (C, H, W), number of classes) as the zoo uses them.
 ZOO_INPUTS = [("small_cnn", (1, 64, 64), 40), ("logreg", (1, 28, 28), 10),

@@ -15,7 +15,7 @@ from lcodec_core import RemovalRecord, UnlearnConfig, compare_with_retraining, m
 from lcodec_core.cli import main as cli_main
 from lcodec_core.ledger import Ledger
 from lcodec_core.unlearning.block import warm_up
-from models import state_hash
+from lcodec_models import state_hash
 
 IDENTITY = 6
 # What legitimately differs between two runs of the same removal: clocks and memory.

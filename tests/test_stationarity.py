@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.stationarity import head_module, objective_gradient_norms, polish_head
+from lcodec_models.stationarity import head_module, objective_gradient_norms, polish_head
 
 LAM = 1e-2
 
@@ -87,7 +87,7 @@ def test_trained_zoo_model_stores_its_stationarity(trained_small_cnn):
 
 
 def test_removal_report_warns_on_a_far_from_stationary_checkpoint(trained_small_cnn):
-    from models import Checkpoint
+    from lcodec_models import Checkpoint
 
     from lcodec_core.removal import stationarity_of
     from lcodec_core.requests import make_request

@@ -27,7 +27,7 @@ from lcodec_core.data import ImageDataset
 from lcodec_core.unlearning.step_rule import (RULES, StepProblem, StepTarget, build_target, choose_step,
                                    log_losses)
 from lcodec_core.unlearning.unlearn import unlearn
-from models import accuracy
+from lcodec_models import accuracy
 
 LAM = 1e-2
 CONFIG = UnlearnConfig(num_perturbations=20)

@@ -24,7 +24,7 @@ from lcodec_core.unlearning.noise import noise_sigma
 from lcodec_core.unlearning.result import SelectedSlice, UnlearnResult
 from lcodec_core.unlearning.slices import count_parameters, enumerate_slices, slice_parameter_rows
 from lcodec_core.unlearning.unlearn import unlearn
-from models import Recipe, accuracy, build_model, train
+from lcodec_models import Recipe, accuracy, build_model, train
 
 LAM = 1e-2
 FAST = dict(num_perturbations=20, newton_steps=3)   # small probe, few Newton steps

@@ -211,7 +211,7 @@ def test_one_identity_or_no_images(sandbox):
 # ---------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def logreg_checkpoint():
-    from models import Checkpoint, build_model, default_recipe
+    from lcodec_models import Checkpoint, build_model, default_recipe
     torch.manual_seed(0)
     model = build_model("logreg", 3, (1, 8, 8))
     metadata = {"model": "logreg", "num_classes": 3, "input_shape": [1, 8, 8],
@@ -349,7 +349,7 @@ def test_pickled_python_objects_keep_their_reason(sandbox, tmp_path, protocol):
 # ---------------------------------------------------------------- the page keeps working
 def test_the_page_refuses_hostile_uploads_and_keeps_working(trained_small_cnn, tmp_path):
     from apptest import start_app
-    from models import state_hash
+    from lcodec_models import state_hash
     base = state_hash(trained_small_cnn[0].model)
     marker = tmp_path / "pwned"
     big = io.BytesIO()

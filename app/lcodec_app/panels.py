@@ -148,8 +148,8 @@ def stationarity_notice(bench: Workbench) -> None:
     import copy
 
     from lcodec_core.removal import stationarity_of
-    from models import Checkpoint
-    from models.stationarity import polish_head
+    from lcodec_models import Checkpoint
+    from lcodec_models.stationarity import polish_head
 
     from . import state
     cache = st.session_state.setdefault("stationarity_by_base", {})

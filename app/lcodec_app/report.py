@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from lcodec_core.jsonsafe import json_ready
-from models import Checkpoint
+from lcodec_models import Checkpoint
 
 from .workbench import Workbench
 
@@ -92,7 +92,7 @@ def report_markdown(bench: Workbench) -> str:
 
 
 def model_bytes(bench: Workbench) -> bytes:
-    """The current model as an lcodec checkpoint (loadable with ``models.load_checkpoint``)."""
+    """The current model as an lcodec checkpoint (loadable with ``lcodec_models.load_checkpoint``)."""
     metadata = dict(bench.metadata)
     metadata["lineage"] = {
         "base_model_hash": bench.base_hash,

@@ -24,7 +24,7 @@ import streamlit as st
 from lcodec_core.data import DataBundle, load_dataset
 from lcodec_core.unlearning.block import warm_up
 from lcodec_core.zoo_cache import cache_path, load_or_train
-from models import Checkpoint, default_recipe, state_hash
+from lcodec_models import Checkpoint, default_recipe, state_hash
 
 from . import records
 from .jobs import Job

@@ -30,7 +30,7 @@ from lcodec_core.dependence import STOP_REASONS, codec
 from lcodec_core.unlearning.guarantee import GUARANTEES
 from lcodec_core.unlearning.slices import ActivationRecorder, enumerate_slices
 from lcodec_core.audit.verdict import Verdict, judge
-from models.stationarity import head_module
+from lcodec_models.stationarity import head_module
 
 # The step "barely shaped by the curvature": the same thresholds as the step details panel.
 SMALL_ANGLE_DEG = 5.0

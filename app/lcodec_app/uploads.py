@@ -1,6 +1,6 @@
 """Uploaded checkpoints and image-folder zips, checked before anything is used.
 
-Checkpoints load only through :func:`models.load_checkpoint` (``torch.load(weights_only=True)``:
+Checkpoints load only through :func:`lcodec_models.load_checkpoint` (``torch.load(weights_only=True)``:
 a pickle that would run code is refused and nothing in it runs). When a checkpoint is refused,
 the file is inspected without unpickling it (its zip directory and pickle opcodes, read by
 :mod:`pickletools`, never executed) to say what it really is: not a torch file at all, a damaged
@@ -22,8 +22,8 @@ from io import BytesIO
 from pathlib import Path, PurePosixPath
 
 from lcodec_core.data import IMAGE_EXTENSIONS, DataBundle, DataError, load_dataset
-from models import Checkpoint, CheckpointError, load_checkpoint
-from models.checkpoint import FORMAT
+from lcodec_models import Checkpoint, CheckpointError, load_checkpoint
+from lcodec_models.checkpoint import FORMAT
 
 MAX_UPLOAD_BYTES = 50 * 2**20      # also server.maxUploadSize in app/.streamlit/config.toml
 MAX_UNPACKED_BYTES = 200 * 2**20   # total size of the unpacked images
@@ -90,7 +90,7 @@ def _refusal_reason(data: bytes, message: str) -> str | None:
         return ("the uploaded file is not a torch checkpoint: it is neither a zip archive (what "
                 "torch.save writes) nor a pickle (it starts with the bytes "
                 f"{data[:8].hex(' ')}). Upload the .pt file the Audit page downloads, or one "
-                f"written by models.Checkpoint.save. {_SAFE}")
+                f"written by lcodec_models.Checkpoint.save. {_SAFE}")
     try:
         names = _pickle_globals(stream)
     except Exception as error:  # pickletools' ValueError, or anything odd in a broken stream

@@ -33,7 +33,7 @@ from lcodec_core.progress import training_progress
 from lcodec_core.removal import compare_with_retraining, remove
 from lcodec_core.sequence import remove_in_sequence
 from lcodec_core.unlearning.baselines import retrain
-from models import Checkpoint, accuracy
+from lcodec_models import Checkpoint, accuracy
 
 from .workbench import Removal, Workbench
 

@@ -18,7 +18,7 @@ from lcodec_core.audit.evaluation import evaluate
 from lcodec_core.ledger import privacy_spent
 from lcodec_core.requests import ForgetRequest
 from lcodec_core.record import RemovalRecord
-from models import ZOO, Checkpoint, Recipe, state_hash
+from lcodec_models import ZOO, Checkpoint, Recipe, state_hash
 
 # Built-in data sets and the zoo models offered for each (first = default): models.ZOO.
 DATASET_LABELS = {"olivetti": "Olivetti faces (40 people)", "mnist": "MNIST digits (10 classes)"}

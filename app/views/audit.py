@@ -126,5 +126,5 @@ cols[1].download_button("Report (JSON)", lambda: report.report_json(bench),
 cols[2].download_button("Report (Markdown)", lambda: report.report_markdown(bench),
                         file_name=f"{name}-report.md", mime="text/markdown",
                         icon=":material/description:", on_click="ignore", key="audit_dl_md")
-explain("The model loads with `models.load_checkpoint` and carries its lineage (what was "
+explain("The model loads with `lcodec_models.load_checkpoint` and carries its lineage (what was "
         "removed, with which settings). The reports list every removal of this session.")

@@ -8,7 +8,7 @@ from lcodec_app.jobs import Job
 from lcodec_app.widgets import busy, explain, face, job_progress, pct, points, show_job_error
 from lcodec_app.workbench import DATASET_LABELS, MODEL_LABELS, ZOO, ModelKey
 from lcodec_core.progress import training_progress
-from models import accuracy, default_recipe, train
+from lcodec_models import accuracy, default_recipe, train
 
 bench = st.session_state.workbench
 bundle, meta = bench.bundle, bench.metadata

@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from models.training import predict
+from lcodec_models.training import predict
 
 from ..data import DataBundle, ImageDataset
 from .evaluation import evaluate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.training import accuracy, predict
+from lcodec_models.training import accuracy, predict
 
 from ..data import DataBundle, ImageDataset
 from ..parallel.shard import ONE_PROCESS, RetainedShard

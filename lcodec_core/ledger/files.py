@@ -3,7 +3,7 @@
 :func:`save_and_record` keeps the file and its row together even if the process is killed at
 any instant. The protocol, with the state a kill at each point leaves:
 
-1. serialise the checkpoint (:meth:`models.Checkpoint.save` into a private temporary
+1. serialise the checkpoint (:meth:`lcodec_models.Checkpoint.save` into a private temporary
    folder, read back) and hash the bytes (sha256);
 2. commit the row with ``status='pending'``, the temporary file name, the final path,
    the file hash and the owner process (host, pid, start time);
@@ -72,7 +72,7 @@ class ReconcileReport:
 
 def save_and_record(checkpoint, path: str | os.PathLike, entry: RemovalEntry,
                     ledger: Ledger | None = None) -> LedgerRow:
-    """Save ``checkpoint`` (a :class:`models.Checkpoint`) to ``path`` and record ``entry``, atomically.
+    """Save ``checkpoint`` (a :class:`lcodec_models.Checkpoint`) to ``path`` and record ``entry``, atomically.
 
     ``entry.model_after`` must be the checkpoint's state hash; ``entry.model_path`` is set to
     the absolute ``path``. Either both the file and the committed row exist afterwards, or
@@ -185,7 +185,7 @@ def _step(name: str) -> None:
 
 
 def _checkpoint_bytes(checkpoint) -> bytes:
-    """The bytes :meth:`models.Checkpoint.save` writes (refuses NaN weights)."""
+    """The bytes :meth:`lcodec_models.Checkpoint.save` writes (refuses NaN weights)."""
     with tempfile.TemporaryDirectory(prefix="lcodec-ckpt-") as folder:
         return checkpoint.save(Path(folder) / "model.pt").read_bytes()
 

@@ -2,7 +2,7 @@
 
 Every removal made by the command line or the dashboard is one row of
 ``$LCODEC_HOME/ledger.sqlite`` (Python's ``sqlite3``; the path can be overridden): when it
-happened (UTC), the model's hash before and after (:func:`models.state_hash`), what was
+happened (UTC), the model's hash before and after (:func:`lcodec_models.state_hash`), what was
 removed (identity, training indices, file names), the method and every setting, sigma,
 epsilon and delta, the accuracies, and the file the new model was saved to, if any.
 What a row records (:class:`.entries.RemovalEntry`) is built in :mod:`.entries`.
@@ -52,8 +52,8 @@ CREATE TABLE IF NOT EXISTS removals (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     time           TEXT NOT NULL,     -- UTC, ISO 8601
     lineage        TEXT NOT NULL,     -- hash of the root model of this chain of removals
-    model_before   TEXT NOT NULL,     -- models.state_hash of the model the removal started from
-    model_after    TEXT NOT NULL,     -- models.state_hash of the unlearned model
+    model_before   TEXT NOT NULL,     -- lcodec_models.state_hash of the model the removal started from
+    model_after    TEXT NOT NULL,     -- lcodec_models.state_hash of the unlearned model
     model_path     TEXT,              -- where the unlearned model was saved; NULL if not saved
     file_sha256    TEXT,              -- sha256 of that file's bytes
     dataset        TEXT,

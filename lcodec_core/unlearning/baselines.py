@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import Recipe, train
+from lcodec_models import Recipe, train
 
 from ..data import ImageDataset
 
@@ -23,7 +23,7 @@ from ..data import ImageDataset
 def retrain(retain: ImageDataset, recipe: Recipe, *,
             on_progress: Callable[[dict], None] | None = None) -> nn.Module:
     """Train ``recipe.model`` from scratch on ``retain`` with ``recipe``; ``on_progress`` gets
-    :func:`models.train`'s epoch events."""
+    :func:`lcodec_models.train`'s epoch events."""
     return train(recipe.model, retain, recipe, on_progress=on_progress).model
 
 

@@ -25,7 +25,7 @@ import time
 import torch
 from torch import nn
 
-from models.training import accuracy
+from lcodec_models.training import accuracy
 
 from .baselines import finetune, negrad, retrain
 from .block import BlockObjective
@@ -92,7 +92,7 @@ def unlearn(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
     on_progress : called with {"phase", "fraction", "message"} during the run.
     weight_decay : lam of the training objective. ``config.weight_decay``, when set, takes
         precedence (an explicit user setting); without either, the recipe's value is used.
-    recipe : a :class:`models.Recipe`, required by method "retrain".
+    recipe : a :class:`lcodec_models.Recipe`, required by method "retrain".
     held_out : photos not used in training (e.g. the test split). The step rule reads the
         loss of held-out photos of the forgotten photos' classes as the level a never-seen
         photo has, and guards other classes' held-out accuracy. Optional.
