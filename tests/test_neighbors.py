@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+import lcodec_core.dependence.candidate_pruning as candidate_pruning
 import lcodec_core.dependence.column_search as column_search
 import lcodec_core.dependence.neighbor_index as neighbor_index
+from lcodec_core.dependence.candidate_pruning import best_extra_column
 from lcodec_core.dependence.column_search import nearest_in_each_column, nearest_with_extra_column
 from lcodec_core.dependence.neighbor_index import NeighborIndex, choose_backend, nearest_neighbor
 
@@ -199,3 +201,30 @@ def test_the_faiss_gpu_path_logic_with_a_cpu_stand_in(monkeypatch):
     index = NeighborIndex(points, backend="faiss")
     assert index._faiss_gpu
     np.testing.assert_array_equal(index.query(1)[0][:, 0], brute_knn(points, 1)[0][:, 0])
+
+
+@pytest.mark.parametrize("dim", [1, 2, 4])
+@pytest.mark.parametrize("levels", [(0.5,), (0.125, 0.25, 0.5)])
+def test_the_pruned_step_winner_equals_scoring_every_candidate(dim, levels, monkeypatch):
+    """best_extra_column drops columns by upper bounds; the winner and its sum must not move.
+
+    Columns 3..5 copy column 2 exactly (equal sums: the lowest position must win), column 2
+    carries y, the rest are noise; one lead column only, so most columns are judged by bounds.
+    """
+    monkeypatch.setattr(candidate_pruning, "SCAN_LEVELS", levels)
+    monkeypatch.setattr(candidate_pruning, "LEAD_COLUMNS", 1)
+    rng = np.random.default_rng(dim)
+    m = 400
+    points = rng.standard_normal((m, dim + 60))
+    points[:, dim + 3 : dim + 6] = points[:, dim + 2 : dim + 3]
+    y = points[:, :dim].sum(1) + 2 * np.sin(2 * points[:, dim + 2]) + 0.1 * rng.standard_normal(m)
+    rank = np.searchsorted(np.sort(y), y, side="right").astype(np.int64)
+    index = NeighborIndex(points[:, :dim])
+    candidates = np.arange(dim, points.shape[1])
+    for first_scan in (4, 16, 64):
+        found = nearest_with_extra_column(index, points[:, candidates], first_scan=first_scan)
+        sums = np.minimum(rank[:, None], rank[found]).sum(0)
+        lead = rng.permutation(candidates.size).astype(np.float64)  # a poor guess must not matter
+        position, total, estimates = best_extra_column(index, points, candidates, rank, first_scan=first_scan, lead=lead)
+        assert (position, total) == (int(np.argmax(sums)), int(sums.max())) == (2, int(sums[2]))
+        assert (estimates >= sums).all()  # exact where scored, an upper bound where dropped

@@ -130,12 +130,7 @@ def nearest_with_extra_column(index: NeighborIndex, columns, *, first_scan: int 
         window = min(m - 1, max(1, first_scan // 2))  # sorted positions scanned on each side
         order = np.argsort(index.host[:, 0], kind="stable")
         values = index.host[order, 0]
-        ahead = np.full(m, np.inf)  # D_S to the first unscanned point on each side
-        behind = np.full(m, np.inf)
-        ahead[: m - window - 1] = (values[window + 1 :] - values[: m - window - 1]) ** 2
-        behind[window + 1 :] = (values[window + 1 :] - values[: m - window - 1]) ** 2
-        threshold = np.empty(m)
-        threshold[order] = np.minimum(ahead, behind)
+        threshold = window_threshold(order, values, window)
         order_d, values_d = like(order, columns), like(values, columns)
 
         def dense(cols):
@@ -171,12 +166,32 @@ def nearest_with_extra_column(index: NeighborIndex, columns, *, first_scan: int 
         return concat(list(pool.map(one_block, starts)), axis=1)
 
 
-def _sorted_scan(cols, order, values, window: int):
-    """``_dense_scan`` for |S| = 1: each point against ``window`` sorted places each side.
+def window_threshold(order: np.ndarray, values: np.ndarray, window: int) -> np.ndarray:
+    """D_S from each point to the nearest point beyond ``window`` sorted places, (m,).
+
+    ``order`` sorts the single S coordinate, ``values`` are the sorted values; every
+    point outside the window of point i is at least this far from i in S (inf when the
+    window covers all points).
+    """
+    m = order.size
+    ahead = np.full(m, np.inf)  # D_S to the first unscanned point on each side
+    behind = np.full(m, np.inf)
+    if window + 1 < m:
+        ahead[: m - window - 1] = (values[window + 1 :] - values[: m - window - 1]) ** 2
+        behind[window + 1 :] = (values[window + 1 :] - values[: m - window - 1]) ** 2
+    threshold = np.empty(m)
+    threshold[order] = np.minimum(ahead, behind)
+    return threshold
+
+
+def _sorted_scan(cols, order, values, window: int, first: int = 1):
+    """``_dense_scan`` for |S| = 1: each point against sorted places ``first..window`` each side.
 
     Rows are put in the order of the single S coordinate, so the t-th neighbour on the
     right of every point is a contiguous slice, and each pair (p, p + t) is measured
-    once for both of its points. Returns (best, best_at) in the original row order.
+    once for both of its points. Returns (best, best_at) in the original row order
+    (best is inf where no place was scanned). Scanning 1..w and then w+1..window, and
+    keeping the second only where strictly nearer, equals scanning 1..window at once.
     """
     m, b = cols.shape
     if isinstance(cols, torch.Tensor):
@@ -184,7 +199,7 @@ def _sorted_scan(cols, order, values, window: int):
         best = torch.full_like(ranked, torch.inf)
         best_at = torch.zeros((m, b), dtype=torch.long, device=cols.device)
         positions = torch.arange(m, device=cols.device)[:, None]
-        for t in range(1, window + 1):
+        for t in range(first, window + 1):
             joint = ranked[t:] - ranked[:-t]
             joint = joint * joint + ((values[t:] - values[:-t]) ** 2)[:, None]  # (m - t, b)
             for mine, theirs in ((slice(None, m - t), positions[t:]), (slice(t, None), positions[: m - t])):
@@ -202,7 +217,7 @@ def _sorted_scan(cols, order, values, window: int):
     joint = np.empty((m, b))
     better = np.empty((m, b), bool)
     positions = np.arange(m)[:, None]
-    for t in range(1, window + 1):
+    for t in range(first, window + 1):
         j = joint[: m - t]
         np.subtract(ranked[t:], ranked[:-t], out=j)
         np.multiply(j, j, out=j)

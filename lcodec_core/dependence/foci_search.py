@@ -21,6 +21,7 @@ from lcodec_core.dependence.ranks import max_ranks
 
 from .arrays import BLOCK_ELEMENTS, column_max, exact_sum, host, index_like, like, minimum
 from .codec_estimator import jitter
+from .candidate_pruning import best_extra_column
 from .column_search import nearest_in_each_column, nearest_with_extra_column
 from .inputs import (
     as_generator,
@@ -196,6 +197,7 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
     if first_numerator <= 0:
         return FociResult([], [], "first_score_nonpositive")
     selected, scores = [first], [first_score]
+    lead = sums.astype(np.float64)  # (D,) each column's last sum or bound on it: who to score first
 
     while True:
         if max_features is not None and len(selected) >= max_features:
@@ -210,9 +212,14 @@ def _select(data: _FociData, *, max_features: int | None, backend: str) -> FociR
             return FociResult(selected, scores, "y_determined_by_selection")
         candidates = np.setdiff1d(np.arange(n_features), selected)
         first_scan = _first_scan(m, len(selected), isinstance(points, torch.Tensor) and points.is_cuda)
-        sums = _joint_sums(points, rank_dev, candidates, index, first_scan)
-        best = int(np.argmax(sums))
-        numerator = int(sums[best]) - base
+        if isinstance(points, torch.Tensor):  # CUDA: every candidate scored in full
+            sums = _joint_sums(points, rank_dev, candidates, index, first_scan)
+            best, total = int(np.argmax(sums)), int(sums.max())
+        else:  # CPU: only the candidates that can still win are scored in full
+            best, total, lead[candidates] = best_extra_column(
+                index, points, candidates, rank, first_scan=first_scan, lead=lead[candidates]
+            )
+        numerator = total - base
         score = numerator / denominator
         logger.debug("foci step %d: feature %d, T = %.6g", len(selected) + 1, candidates[best], score)
         if numerator <= 0:
