@@ -90,6 +90,7 @@ class BlockObjective:
         self.curvature_count = len(curvature_rows)                  # N_c over all ranks
         self.curvature_rows = shard.local_rows(curvature_rows, n)   # this rank's, shard indices
         self.v0 = torch.cat([params[k][self.rows[k]].reshape(-1) for k in self.names])
+        self.block_modules = {m: self.split.suffix.get_submodule(m) for m in sorted(modules)}
 
     @property
     def size(self) -> int:
@@ -197,12 +198,25 @@ class BlockObjective:
         """G (M, p): row i is grad_v CE(f(x_i), y_i) at v, without the lam term; with
         ``with_logits`` also the logits (M, K) at v, which the same pass computes anyway.
 
-        ``torch.func.vmap(grad(...))`` through the suffix, ``chunk`` rows at a time (bounded
-        memory: one chunk's per-sample activations at once). Defaults to this objective's
-        curvature rows."""
+        ``chunk`` rows at a time (bounded memory: one chunk's activations at once). Defaults to
+        this objective's curvature rows. When every block module is a Linear or an ungrouped,
+        zero-padded Conv2d (every zoo model), one batched backward gives each block module's
+        input x_i and output gradient g_i, and row r of its weight gets g_i[r] x_i^T (a conv:
+        over the unfolded input patches); this is exact because in eval mode each sample's
+        loss depends on its own activations only. Otherwise ``torch.func.vmap(grad(...))``,
+        which materialises a per-sample copy of every block parameter: 40x slower with one
+        row of a 512-channel ResNet conv in the block."""
         if boundary is None:
             rows = self.curvature_rows
             boundary, targets = [b[rows] for b in self.boundary], self.targets[rows]
+        if all(_outer_product_rule(m) for m in self.block_modules.values()):
+            out = [self._per_sample_chunk(v, targets[i:i + chunk], [b[i:i + chunk] for b in boundary])
+                   for i in range(0, len(targets), chunk)]
+            gradients = (torch.cat([g for g, _ in out]) if out else
+                         torch.zeros(0, self.size, dtype=v.dtype, device=v.device))
+            if not with_logits:
+                return gradients
+            return gradients, torch.cat([z for _, z in out]) if out else torch.zeros(0, 0)
         suffix, buffers = self.split.suffix, self.buffers
 
         def one_loss(w, target, *inputs):
@@ -220,6 +234,53 @@ class BlockObjective:
         if not with_logits:
             return gradients
         return gradients, torch.cat([z for _, z in out]) if out else torch.zeros(0, 0)
+
+    def _per_sample_chunk(self, v: torch.Tensor, targets: torch.Tensor,
+                          inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G (B, p), logits (B, K)) for one chunk, by the outer-product rule (see
+        :meth:`per_sample_gradients`): one forward and one backward of the suffix."""
+        seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def recorder(name):
+            def record(_module, args, output):
+                if name in seen:
+                    raise RuntimeError(f"block module {name!r} ran twice in one forward pass")
+                seen[name] = (args[0].detach(), output)
+            return record
+
+        handles = [m.register_forward_hook(recorder(name)) for name, m in self.block_modules.items()]
+        try:
+            w = v.detach().requires_grad_(True)
+            logits = functional_call(self.split.suffix, (self.params_with(w), self.buffers),
+                                     tuple(inputs))                                  # (B, K)
+        finally:
+            for handle in handles:
+                handle.remove()
+        loss = F.cross_entropy(logits, targets, reduction="sum")
+        names = list(seen)
+        output_grads = dict(zip(names, torch.autograd.grad(loss, [seen[n][1] for n in names])))
+        columns = []
+        for name in self.names:
+            module_name, kind = name.rsplit(".", 1) if "." in name else ("", name)
+            module, rows = self.block_modules[module_name], self.rows[name]
+            x, g = seen[module_name][0], output_grads[module_name]
+            batch = len(x)
+            if isinstance(module, nn.Conv2d):
+                g = g[:, rows].flatten(2)                                            # (B, R, L)
+                if kind == "weight":
+                    patches = F.unfold(x, module.kernel_size, module.dilation, module.padding,
+                                       module.stride)                                # (B, C k k, L)
+                    columns.append(torch.einsum("brl,bkl->brk", g, patches).reshape(batch, -1))
+                else:
+                    columns.append(g.sum(2))                                         # (B, R)
+            else:                                                                    # Linear
+                g = g.reshape(batch, -1, g.shape[-1])[:, :, rows]                    # (B, T, R)
+                if kind == "weight":
+                    x = x.reshape(batch, -1, x.shape[-1])                            # (B, T, in)
+                    columns.append(torch.einsum("btr,bti->bri", g, x).reshape(batch, -1))
+                else:
+                    columns.append(g.sum(1))                                         # (B, R)
+        return torch.cat(columns, dim=1).detach(), logits.detach()
 
     @property
     def boundary_numel(self) -> int:
@@ -241,3 +302,12 @@ class BlockObjective:
         hessian = hessian.double() / self.curvature_count
         hessian = 0.5 * (hessian + hessian.T)
         return hessian + self.weight_decay * torch.eye(p, dtype=torch.float64, device=v.device)
+
+
+def _outer_product_rule(module: nn.Module) -> bool:
+    """Whether a block module's per-sample gradients follow from its input and output
+    gradient alone: a Linear, or a Conv2d without groups, with zero padding given as numbers."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and
+            module.padding_mode == "zeros" and not isinstance(module.padding, str))
