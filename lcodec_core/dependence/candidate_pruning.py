@@ -119,7 +119,8 @@ def best_extra_column(index: NeighborIndex, points: np.ndarray, candidates: np.n
     (position, total, estimates)
         ``candidates[position]`` wins (the lowest position among equal sums) with sum
         ``total``; ``estimates`` (c,) int64 holds each candidate's exact sum, or, where
-        it was dropped, an upper bound on it (a good ``lead`` for the next step).
+        it was dropped, the sum over the neighbours its short scan found (a guess, not a
+        bound: a good ``lead`` for the next step).
     """
     m = points.shape[0]
     plan = _Plan(index, first_scan)
@@ -135,39 +136,36 @@ def best_extra_column(index: NeighborIndex, points: np.ndarray, candidates: np.n
     limits = {level: plan.threshold(level) * (1 - ROUNDING_SLACK) for level in plan.levels}
     full = plan.levels[-1]
 
-    def one_block(positions: np.ndarray) -> None:
-        kept, kept_best, kept_at = [], [], []
-        tile = max(1, SCAN_BLOCK_ELEMENTS // m)
-        for start in range(0, positions.size, tile):
-            alive = positions[start : start + tile]
-            cols = points[:, candidates[alive]]  # (m, t)
-            best, best_at = plan.scan(cols, 0, plan.levels[0])
-            for level, following in zip(plan.levels, [*plan.levels[1:], None]):
-                proven = best < limits[level][:, None]
-                bound = np.where(proven, np.minimum(rank_col, rank[best_at]), rank_col).sum(0)
-                keep = bound >= lower.value  # a column below an exact sum can neither win nor tie
-                estimates[alive[~keep]] = bound[~keep]
-                if not keep.all():
-                    alive, cols, best, best_at = alive[keep], cols[:, keep], best[:, keep], best_at[:, keep]
-                if following is None or not alive.size:
-                    break
-                more, more_at = plan.scan(cols, level, following)
-                nearer = more < best  # strictly: the earlier scanned wins ties, as in one scan
-                best, best_at = np.where(nearer, more, best), np.where(nearer, more_at, best_at)
-            if alive.size:
-                kept.append(alive)
-                kept_best.append(best)
-                kept_at.append(best_at)
-        if not kept:
+    def one_tile(alive: np.ndarray) -> None:
+        cols = points[:, candidates[alive]]  # (m, t)
+        best, best_at = plan.scan(cols, 0, plan.levels[0])
+        for level, following in zip(plan.levels, [*plan.levels[1:], None]):
+            proven = best < limits[level][:, None]
+            found_rank = rank[best_at]  # (m, t)
+            bound = np.where(proven, np.minimum(rank_col, found_rank), rank_col).sum(0)
+            keep = bound >= lower.value  # a column below an exact sum can neither win nor tie
+            # dropped: the sum over the neighbours found so far, a guess for the next step's lead
+            estimates[alive[~keep]] = np.minimum(rank_col, found_rank[:, ~keep]).sum(0)
+            if not keep.all():
+                alive, cols, best, best_at = alive[keep], cols[:, keep], best[:, keep], best_at[:, keep]
+            if following is None or not alive.size:
+                break
+            more, more_at = plan.scan(cols, level, following)
+            nearer = more < best  # strictly: the earlier scanned wins ties, as in one scan
+            best, best_at = np.where(nearer, more, best), np.where(nearer, more_at, best_at)
+        if not alive.size:
             return
-        alive, cols = np.concatenate(kept), points[:, candidates[np.concatenate(kept)]]
-        best, best_at = np.concatenate(kept_best, axis=1), np.concatenate(kept_at, axis=1)
         rows, cols_at = np.nonzero(best >= limits[full][:, None])
-        if rows.size:
+        if rows.size:  # finished exactly as nearest_with_extra_column finishes its columns
             _scan_pairs(index, index.host, cols, best, best_at, rows, cols_at, plan.threshold(full))
         sums = np.minimum(rank_col, rank[best_at]).sum(0)
         estimates[alive], exact[alive] = sums, True
         lower.raise_to(int(sums.max()))
+
+    def one_block(positions: np.ndarray) -> None:
+        tile = max(1, SCAN_BLOCK_ELEMENTS // m)  # cache-sized; the lower bound rises after each
+        for start in range(0, positions.size, tile):
+            one_tile(positions[start : start + tile])
 
     rest = np.setdiff1d(np.arange(candidates.size), first)
     workers = cpu_workers()
