@@ -232,7 +232,8 @@ def _unlearn_on_rank(shard: RetainedShard, model, forget, retain, config, option
                      on_progress=None):
     """One rank of :func:`unlearn_distributed` (module-level so spawned processes find it)."""
     from ..unlearning.unlearn import unlearn
-    model = model.to(shard.device) if shard.device.type == "cuda" else model
+    if shard.device.type == "cuda" and next(model.parameters()).device != shard.device:
+        model = copy.deepcopy(model).to(shard.device)      # this rank's GPU; the caller's stays
     return unlearn(model, forget, retain, config, on_progress, shard=shard, **options)
 
 
@@ -270,7 +271,7 @@ def unlearn_distributed(model: nn.Module, forget: ImageDataset, retain: ImageDat
     options = {"weight_decay": weight_decay, "recipe": recipe, "held_out": held_out}
     rows = retained_rows(retain, config)
     if _in_group() or _launched():
-        device = next(model.parameters()).device
+        device = "cuda" if next(model.parameters()).is_cuda else "cpu"   # cuda: cuda:LOCAL_RANK
         shard = join_group(backend, device)
         if workers is not None and workers != shard.world_size:
             raise ValueError(f"workers={workers} but the process group has {shard.world_size} "
