@@ -16,6 +16,8 @@ The package, one idea a module:
 - ``neighbor_index``: exact float64 nearest-neighbour search and the choice of backend.
 - ``column_search``: L-FOCI's batched search, the nearest neighbour in (S, a_j) for
   many candidate columns a_j at once.
+- ``candidate_pruning``: L-FOCI's step winner on the CPU, exactly, scoring in full only
+  the candidates whose upper bound from a half-length scan can still win.
 - ``ranks``: the max-ranks of the response that CODEC counts with.
 - ``arrays``: the numpy / torch helper layer under all of them.
 

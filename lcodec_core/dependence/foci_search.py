@@ -135,7 +135,10 @@ def foci(
     distance so far. All candidates are scanned together over the first few S-space
     neighbours, and the few (point, candidate) pairs not yet proven exact are
     continued with longer lists, up to all m - 1 points
-    (``column_search.nearest_with_extra_column``).
+    (``column_search.nearest_with_extra_column``). On the CPU a step scores in full only
+    the candidates that can still win: a half-length scan bounds each candidate's sum
+    from above, and one below the exact sum of another cannot win or tie
+    (``candidate_pruning.best_extra_column``); the winner and its score are unchanged.
     """
     generator = as_generator(rng)
     check_backend(backend)
