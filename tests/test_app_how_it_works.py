@@ -26,7 +26,8 @@ def page_text(at) -> str:
 
 # ------------------------------------------------------------------------- teaching.py, unit tests
 def test_codec_example_tells_dependence_from_its_look_alike():
-    from lcodec_app import teaching
+    from lcodec_app import teaching, teaching_outcome
+    from lcodec_app.words import MISSING
     dependent, independent = teaching.codec_example(n=200, seed=0)
     assert len(dependent.x) == 200 and len(independent.y) == 200
     assert dependent.conditional > 0.6               # Y is (almost) a function of Z and X
@@ -41,7 +42,8 @@ def test_codec_example_tells_dependence_from_its_look_alike():
 
 
 def test_jiggled_copies_and_what_probing_records():
-    from lcodec_app import teaching
+    from lcodec_app import teaching, teaching_outcome
+    from lcodec_app.words import MISSING
     image = torch.zeros(1, 8, 8)
     copies = teaching.jiggled_copies(image, count=3, std=0.1, seed=0)
     assert copies.shape == (4, 1, 8, 8)
@@ -64,7 +66,8 @@ def test_jiggled_copies_and_what_probing_records():
 
 
 def test_selection_figure_and_text_follow_pick_order():
-    from lcodec_app import teaching
+    from lcodec_app import teaching, teaching_outcome
+    from lcodec_app.words import MISSING
     from lcodec_core.unlearning.result import SelectedSlice
     picks = [SelectedSlice("conv3", 4, 0.12, 1), SelectedSlice("fc", 5, 0.61, 0)]
     fig = teaching.selection_figure(picks)
@@ -81,7 +84,8 @@ def test_selection_figure_and_text_follow_pick_order():
 
 
 def test_head_units_own_and_look_alike():
-    from lcodec_app import teaching
+    from lcodec_app import teaching, teaching_outcome
+    from lcodec_app.words import MISSING
     from lcodec_core.unlearning.result import SelectedSlice
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 30))
     picks = [SelectedSlice("3", 0, 0.5, 0), SelectedSlice("1", 2, 0.2, 1),
@@ -102,7 +106,8 @@ def test_head_units_own_and_look_alike():
 
 
 def test_step_lines_say_honestly_who_did_the_work():
-    from lcodec_app import teaching
+    from lcodec_app import teaching, teaching_outcome
+    from lcodec_app.words import MISSING
     step = {"rule": "removed_class", "rule_text": "smallest step after which ...", "damping": 0.02,
             "target_met": True, "guard_limited": False,
             "null_control": {"step_norm": 0.0, "ratio": 0.0},
@@ -110,36 +115,37 @@ def test_step_lines_say_honestly_who_did_the_work():
             "stationarity": {"block_gradient_norm": 1e-4, "forget_gradient_norm": 0.3,
                              "ratio": 3e-4},
             "rounds": [{"damping": 0.05}, {"damping": 0.02}]}
-    text = "\n".join(teaching.step_lines(step))
+    text = "\n".join(teaching_outcome.step_lines(step))
     assert "smallest step after which ..." in text and "2 rounds" in text
     assert "the damping (the step size) did most of the work" in text
     assert "0 means the change comes from the removal alone" in text
-    assert teaching.curvature_figure(step["curvature_effect"]) is not None
+    assert teaching_outcome.curvature_figure(step["curvature_effect"]) is not None
     turned = dict(step, curvature_effect={"angle_deg": 40.0, "norm_ratio": 0.5})
-    assert "turned or rescaled" in "\n".join(teaching.step_lines(turned))
-    assert teaching.curvature_figure({"angle_deg": float("nan"), "norm_ratio": 1}) is None
-    assert not teaching.curvature_small(None)
+    assert "turned or rescaled" in "\n".join(teaching_outcome.step_lines(turned))
+    assert teaching_outcome.curvature_figure({"angle_deg": float("nan"), "norm_ratio": 1}) is None
+    assert not teaching_outcome.curvature_small(None)
 
 
 def test_guarantee_and_audit_pieces():
-    from lcodec_app import teaching
+    from lcodec_app import teaching, teaching_outcome
+    from lcodec_app.words import MISSING
     from lcodec_core.unlearning.config import UnlearnConfig
     from lcodec_core.unlearning.guarantee import GUARANTEES
-    rows = teaching.guarantee_rows("none")
+    rows = teaching_outcome.guarantee_rows("none")
     assert [r["label"] for r in rows] == list(GUARANTEES)
     assert [r["label"] for r in rows if r["this removal"]] == ["none"]
 
     class Result:
         guarantee, sigma = "heuristic", 0.5
         guarantee_reasons = ["the model's objective is not strongly convex"]
-    lines = "\n".join(teaching.guarantee_lines(Result(), UnlearnConfig(epsilon=1.0)))
+    lines = "\n".join(teaching_outcome.guarantee_lines(Result(), UnlearnConfig(epsilon=1.0)))
     assert "heuristic noise, no guarantee" in lines and "not strongly convex" in lines
     assert "epsilon = 1" in lines
-    table = teaching.accuracy_rows({"forget_accuracy": 1.0}, {"forget_accuracy": 0.0})
+    table = teaching_outcome.accuracy_rows({"forget_accuracy": 1.0}, {"forget_accuracy": 0.0})
     assert table[0]["before"] == "100.0%" and table[0]["after"] == "0.0%"
-    assert table[3]["after"] == "n/a"
-    assert "Audit page" in teaching.mia_text(None)
-    assert "unlearned 0.480" in teaching.mia_text({"unlearned": {"mia_auc": 0.48}})
+    assert table[3]["after"] == MISSING     # one vocabulary: the pages say "–" for a missing number
+    assert "Audit page" in teaching_outcome.mia_text(None)
+    assert "unlearned 0.480" in teaching_outcome.mia_text({"unlearned": {"mia_auc": 0.48}})
     assert teaching.person(5) == "person 05"
 
 

@@ -228,8 +228,11 @@ def test_selected_channels_without_a_conv_channel_says_so(removed):
 
     linear_only = [s for s in real if s.module not in convs] or [
         SelectedSlice("fc", FORGET_ID, 0.5, 0)]
-    original = removal.result
-    removal.result = dataclasses.replace(original, selected_slices=linear_only)
+    bench = at.session_state["workbench"]
+    position = bench.history.index(removal)
+    # the record is frozen: the session gets a new record whose engine result picked only linear units
+    bench.history[position] = dataclasses.replace(
+        removal, result=dataclasses.replace(removal.result, selected_slices=linear_only))
     try:
         at.run()
         assert_clean(at)
@@ -243,7 +246,7 @@ def test_selected_channels_without_a_conv_channel_says_so(removed):
         assert "Grad-CAM" in message
         assert any("Prediction before" in c.value for c in at.caption)  # maps still drawn
     finally:
-        removal.result = original
+        bench.history[position] = removal
         at.segmented_control(key="ba_view").set_value("Grad-CAM").run()
 
 

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from lcodec_app import teaching
+from lcodec_app import teaching, teaching_outcome
 from lcodec_app.panels import model_before
 from lcodec_app.widgets import explain
 
@@ -116,8 +116,8 @@ st.markdown("The picked slices move by d = (H + mu I)⁻¹ g: **g** is the forgo
             "while a guard keeps everyone else's accuracy.")
 step = result.diagnostics.get("step") if result else None
 if step:
-    st.markdown("\n".join(teaching.step_lines(step)))
-    figure = teaching.curvature_figure(step.get("curvature_effect"))
+    st.markdown("\n".join(teaching_outcome.step_lines(step)))
+    figure = teaching_outcome.curvature_figure(step.get("curvature_effect"))
     if figure is not None:
         st.plotly_chart(figure, key="how_curvature", **chart)
         explain("Grey: the step the forgotten photos' gradient alone would give at this step "
@@ -136,24 +136,24 @@ st.markdown("Noise can be added to the changed weights. **(epsilon, delta)-forge
             "bound's assumptions**: one full Newton step on a strongly convex model (softmax "
             "regression), with noise on every weight. A network is not convex, so noise on it "
             "blurs but promises nothing. Every removal carries one of these labels:")
-st.dataframe(pd.DataFrame(teaching.guarantee_rows(result.guarantee if result else None)),
+st.dataframe(pd.DataFrame(teaching_outcome.guarantee_rows(result.guarantee if result else None)),
              hide_index=True)
 if result is not None:
-    st.markdown("\n".join(teaching.guarantee_lines(result, removal.config)))
+    st.markdown("\n".join(teaching_outcome.guarantee_lines(result, removal.config)))
 
 # 7 ------------------------------------------------------------------------------------------
 st.header("7. How to read the audit", divider="gray")
 st.markdown("The verdict is read from the numbers, never assumed. Four accuracies tell the story:")
 if removal is not None:
-    verdict = teaching.removal_verdict(removal)
+    verdict = removal.verdict
     show = (st.success if verdict.ok else st.error if verdict.status == "damaged" else st.warning)
     show(f"Verdict for this removal: {verdict.headline}",
          icon=":material/check_circle:" if verdict.ok else ":material/warning:")
-st.dataframe(pd.DataFrame(teaching.accuracy_rows(removal.before if removal else None,
+st.dataframe(pd.DataFrame(teaching_outcome.accuracy_rows(removal.before if removal else None,
                                                  removal.after if removal else None)),
              hide_index=True)
-st.markdown(teaching.MIA_GENERAL)
+st.markdown(teaching_outcome.MIA_GENERAL)
 if removal is not None:
-    st.markdown(teaching.mia_text(removal.audit))
+    st.markdown(teaching_outcome.mia_text(removal.audit))
 st.page_link("views/audit.py", label="Open the Audit page: compare with retraining from scratch",
              icon=":material/fact_check:")
