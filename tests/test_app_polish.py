@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest import APP, APP_DIR, FORGET_ID, assert_clean, finish, start_app
+from apptest import APP_DIR, FORGET_ID, assert_clean, finish, start_app
 from lcodec_app import attributions, charts, widgets
 from lcodec_core.unlearning.result import SelectedSlice
 
@@ -147,8 +147,6 @@ def test_bad_url_values_are_shown_until_dismissed():
     assert not at.warning
 
 
-@pytest.mark.skipif("show_url_warnings" not in APP.read_text(),
-                    reason="app/streamlit_app.py does not call widgets.show_url_warnings yet")
 def test_the_app_warns_about_a_bad_url(trained_small_cnn):
     at = start_app({"identity": "999", "dataset": "foo"})
     warnings = " ".join(w.value for w in at.warning)
