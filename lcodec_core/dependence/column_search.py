@@ -39,6 +39,7 @@ __all__ = ["nearest_in_each_column", "nearest_with_extra_column"]
 
 SCAN_BLOCK_ELEMENTS = 1 << 17  # (m, columns) tile of the dense scan: cache-sized on a CPU
 LIST_QUANTILE = 0.9  # unproven pairs: rows list this quantile of their needed S-neighbours
+ROW_BLOCK_ELEMENTS = 1 << 20  # (columns, m) block of the CPU 1-D search: 8 MiB per temporary
 
 
 def nearest_in_each_column(columns):
@@ -61,7 +62,7 @@ def nearest_in_each_column(columns):
         raise ValueError(f"columns needs at least 2 rows, got {m}")
     if not isinstance(columns, torch.Tensor):
         found = np.empty((count, m), np.int64)  # one row per column: sorts and gathers run along rows
-        block = max(1, BLOCK_ELEMENTS // m)
+        block = max(1, ROW_BLOCK_ELEMENTS // m)  # six (b, m) temporaries: 48 MiB at most
         for start in range(0, count, block):
             found[start : start + block] = _nearest_in_each_row(np.ascontiguousarray(columns[:, start : start + block].T))
         return found.T  # (m, c) view
