@@ -99,8 +99,9 @@ except ImportError as error:
 EOF
 
 # ---------------------------------------------------------------- 2. tests
-step "tests that need CUDA (tests/test_cuda.py) and the dependence tests" tests 150 \
-  "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_dependence.py tests/test_neighbors.py
+step "tests that need CUDA (tests/test_cuda.py)" tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py
+step "the dependence tests (torch code paths included)" tests_dependence 90 \
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_dependence.py tests/test_neighbors.py
 
 # ---------------------------------------------------------------- 3. faiss-gpu against the CPU
 step "faiss-gpu neighbours against the exact CPU search" faiss 90 env DEVICE="$DEVICE" TINY="$TINY" "$PY" - <<'EOF'
@@ -175,7 +176,7 @@ section "summary (also in $RESULTS/summary.md)"
     echo
   fi
   if [[ -f $RESULTS/tests.log ]]; then
-    echo "Tests: $(tail -n 1 "$RESULTS/tests.log")"
+    echo "tests/test_cuda.py: $(tail -n 1 "$RESULTS/tests.log"); dependence tests: $(tail -n 1 "$RESULTS/tests_dependence.log" 2>/dev/null)"
     echo
   fi
   if [[ -f $RESULTS/bench_dependence.log ]]; then
