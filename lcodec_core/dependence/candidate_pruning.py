@@ -21,7 +21,8 @@ scan already proves it:
 So the winner and its sum are those of scoring every candidate exactly (ties to the
 lower index); only the dropped columns' sums are never computed. On data where many
 columns score alike (the last step, when nothing adds information) few are dropped,
-and the cost is that of the full scan plus the bounds, about 10% more.
+and the cost is that of the full scan plus the bounds (a few numpy passes over each
+column per level).
 
 CPU (numpy) only; on CUDA, ``foci_search`` scores every candidate in full.
 """
