@@ -51,6 +51,7 @@ SCAN_LEVELS = (0.5,)  # shares of the full first scan after which unpromising co
 # at m = 1000 half the scan leaves a few hundred unproven points per column, already few enough
 # to drop all but one or two of several thousand candidates (measured; a quarter drops none)
 LEAD_COLUMNS = 4  # columns scored exactly first, by the previous step's order, for the lower bound
+FINISH_ELEMENTS = 1 << 22  # surviving (m, columns) finished together: few S-neighbour listings per row
 
 
 class _Plan:
@@ -137,16 +138,17 @@ def best_extra_column(index: NeighborIndex, points: np.ndarray, candidates: np.n
     limits = {level: plan.threshold(level) * (1 - ROUNDING_SLACK) for level in plan.levels}
     full = plan.levels[-1]
 
-    def one_tile(alive: np.ndarray) -> None:
+    def scan_tile(alive: np.ndarray):
+        """Scan one tile level by level, dropping what cannot win; the survivors' state."""
         cols = points[:, candidates[alive]]  # (m, t)
         best, best_at = plan.scan(cols, 0, plan.levels[0])
         for level, following in zip(plan.levels, [*plan.levels[1:], None]):
             proven = best < limits[level][:, None]
-            found_rank = rank[best_at]  # (m, t)
-            bound = np.where(proven, np.minimum(rank_col, found_rank), rank_col).sum(0)
+            found_rank = np.minimum(rank_col, rank[best_at])  # (m, t)
+            bound = np.where(proven, found_rank, rank_col).sum(0)
             keep = bound >= lower.value  # a column below an exact sum can neither win nor tie
             # dropped: the sum over the neighbours found so far, a guess for the next step's lead
-            estimates[alive[~keep]] = np.minimum(rank_col, found_rank[:, ~keep]).sum(0)
+            estimates[alive[~keep]] = found_rank[:, ~keep].sum(0)
             if not keep.all():
                 alive, cols, best, best_at = alive[keep], cols[:, keep], best[:, keep], best_at[:, keep]
             if following is None or not alive.size:
@@ -154,19 +156,33 @@ def best_extra_column(index: NeighborIndex, points: np.ndarray, candidates: np.n
             more, more_at = plan.scan(cols, level, following)
             nearer = more < best  # strictly: the earlier scanned wins ties, as in one scan
             best, best_at = np.where(nearer, more, best), np.where(nearer, more_at, best_at)
-        if not alive.size:
-            return
+        return alive, cols, best, best_at
+
+    def finish(pending: list) -> None:
+        """Score the surviving columns exactly, as nearest_with_extra_column finishes its own."""
+        alive = np.concatenate([p[0] for p in pending])
+        cols, best, best_at = (np.concatenate([p[i] for p in pending], axis=1) for i in (1, 2, 3))
         rows, cols_at = np.nonzero(best >= limits[full][:, None])
-        if rows.size:  # finished exactly as nearest_with_extra_column finishes its columns
+        if rows.size:  # one listing of each row's S-neighbours serves every pending column
             _scan_pairs(index, index.host, cols, best, best_at, rows, cols_at, plan.threshold(full))
         sums = np.minimum(rank_col, rank[best_at]).sum(0)
         estimates[alive], exact[alive] = sums, True
         lower.raise_to(int(sums.max()))
 
     def one_block(positions: np.ndarray) -> None:
-        tile = max(1, SCAN_BLOCK_ELEMENTS // m)  # cache-sized; the lower bound rises after each
-        for start in range(0, positions.size, tile):
-            one_tile(positions[start : start + tile])
+        tile = max(1, SCAN_BLOCK_ELEMENTS // m)  # cache-sized
+        pending, waiting = [], 0
+        for number, start in enumerate(range(0, positions.size, tile)):
+            survivors = scan_tile(positions[start : start + tile])
+            if survivors[0].size:
+                pending.append(survivors)
+                waiting += survivors[0].size
+            # the first tile is finished at once, so that the lower bound rises early
+            if pending and (number == 0 or waiting * m >= FINISH_ELEMENTS):
+                finish(pending)
+                pending, waiting = [], 0
+        if pending:
+            finish(pending)
 
     rest = np.setdiff1d(np.arange(candidates.size), first)
     workers = cpu_workers()
