@@ -212,11 +212,7 @@ class BlockObjective:
         if all(_outer_product_rule(m) for m in self.block_modules.values()):
             out = [self._per_sample_chunk(v, targets[i:i + chunk], [b[i:i + chunk] for b in boundary])
                    for i in range(0, len(targets), chunk)]
-            gradients = (torch.cat([g for g, _ in out]) if out else
-                         torch.zeros(0, self.size, dtype=v.dtype, device=v.device))
-            if not with_logits:
-                return gradients
-            return gradients, torch.cat([z for _, z in out]) if out else torch.zeros(0, 0)
+            return self._joined(out, v, with_logits)
         suffix, buffers = self.split.suffix, self.buffers
 
         def one_loss(w, target, *inputs):
@@ -229,11 +225,16 @@ class BlockObjective:
         w = v.detach()
         out = [per_sample(w, targets[i:i + chunk], *(b[i:i + chunk] for b in boundary))
                for i in range(0, len(targets), chunk)]
-        gradients = (torch.cat([g for g, _ in out]) if out else
+        return self._joined(out, v, with_logits)
+
+    def _joined(self, chunks: list, v: torch.Tensor, with_logits: bool):
+        """The per-chunk (G (B, p), logits (B, K)) pairs stacked: G (N, p), and the logits
+        (N, K) too when ``with_logits``; empty tensors for no rows."""
+        gradients = (torch.cat([g for g, _ in chunks]) if chunks else
                      torch.zeros(0, self.size, dtype=v.dtype, device=v.device))
         if not with_logits:
             return gradients
-        return gradients, torch.cat([z for _, z in out]) if out else torch.zeros(0, 0)
+        return gradients, torch.cat([z for _, z in chunks]) if chunks else torch.zeros(0, 0)
 
     def _per_sample_chunk(self, v: torch.Tensor, targets: torch.Tensor,
                           inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
