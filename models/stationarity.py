@@ -14,6 +14,8 @@ nothing removed (lcodec_core/unlearning/forget_step.py reports that as the null 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -40,6 +42,22 @@ def head_features(model: nn.Module, images: torch.Tensor, batch_size: int = 512)
         handle.remove()
         model.train(was_training)
     return torch.cat(captured)
+
+
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """Run the block with one intra-op thread, then restore the count.
+
+    LBFGS on the head is hundreds of tiny float64 ops; with two OpenMP threads each op pays a
+    team wake-up, which off the main thread (a dashboard job) doubled the polish: 7.1-7.6 s
+    against 3.5 s in the main thread and 2.9-3.1 s with one thread in either (identity 5's
+    312 photos, 2 cores, 2026-12-01 05:00 UTC, load 1.1-1.5; docs/BENCHMARKS.md)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def polish_head(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, weight_decay: float,
@@ -76,7 +94,8 @@ def polish_head(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, w
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    with one_intra_op_thread():
+        optimizer.step(closure)
     after = grad_norm()
     if after < before and all(torch.isfinite(p).all() for p in params):
         with torch.no_grad():
