@@ -64,7 +64,7 @@ def who_is_removed(bundle: DataBundle, request: ForgetRequest) -> str:
     return f"{count} photo{'s' if count != 1 else ''}"
 
 
-def held_out_for(bundle: DataBundle, request: ForgetRequest):
+def held_out_for(bundle: DataBundle):
     """The held-out photos the step rule may read: the bundle's test split (None if empty)."""
     return bundle.test if len(bundle.test) else None
 
@@ -102,7 +102,7 @@ def remove(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetRequest,
     if hash_before is None:
         hash_before = checkpoint.state_hash()
     result = remove_fn(checkpoint.model, request.forget, request.retain, config, on_progress,
-                       recipe=recipe, held_out=held_out_for(bundle, request))
+                       recipe=recipe, held_out=held_out_for(bundle))
     training = (torch.cat([request.forget.images, request.retain.images]),
                 torch.cat([request.forget.targets, request.retain.targets]))
     return RemovalRecord(

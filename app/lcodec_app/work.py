@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from lcodec_core.unlearning.config import UnlearnConfig
-from lcodec_core.data import DataBundle, ImageDataset
+from lcodec_core.data import DataBundle
 from lcodec_core.requests import ForgetRequest
 from lcodec_core.progress import training_progress
-from lcodec_core.removal import compare_with_retraining, remove
+from lcodec_core.removal import compare_with_retraining, held_out_for, remove
 from lcodec_core.sequence import remove_in_sequence
 from lcodec_core.unlearning.baselines import retrain
-from lcodec_models import Checkpoint, accuracy
+from lcodec_models import accuracy
 
 from .workbench import Removal, Workbench
 
@@ -73,8 +73,7 @@ def locked_unlearn(model, forget, retain, config: UnlearnConfig, report: Report,
 def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnConfig):
     """Work that removes ``request`` from the session's current model with
     :func:`lcodec_core.removal.remove` (the command line's call); returns its record."""
-    checkpoint = workbench.current_checkpoint()
-    checkpoint = Checkpoint(copy.deepcopy(checkpoint.model), checkpoint.metadata)
+    checkpoint = workbench.current_checkpoint(own_copy=True)
     original = copy.deepcopy(workbench.original)
     bundle, hash_before = workbench.bundle, workbench.current_hash
 
@@ -87,11 +86,6 @@ def removal_work(workbench: Workbench, request: ForgetRequest, config: UnlearnCo
                       engine=locked_unlearn)
 
     return work
-
-
-def held_out_photos(bundle: DataBundle) -> ImageDataset | None:
-    """The photos the engine may read as never-seen: the bundle's test split (None if empty)."""
-    return bundle.test if len(bundle.test) else None
 
 
 def retrain_work(workbench: Workbench, removal: Removal):
@@ -155,7 +149,7 @@ def live_work(workbench: Workbench, targets: list[dict], config: UnlearnConfig,
         report({"phase": "step", "fraction": 0.0, "row": rows[0], "message": "starting point"})
         model, removed, identities = start_model, list(already), list(already_identities)
         for done in remove_in_sequence(start_model, bundle, targets, config,
-                                       weight_decay=weight_decay, held_out=held_out_photos(bundle),
+                                       weight_decay=weight_decay, held_out=held_out_for(bundle),
                                        already_removed=already,
                                        already_identities=already_identities,
                                        on_progress=report, remove=locked_unlearn):

@@ -100,12 +100,13 @@ class Workbench:
     def weight_decay(self) -> float:
         return self.recipe.weight_decay
 
-    def current_checkpoint(self) -> Checkpoint:
-        """The session's current model with the base's metadata (recipe, model name); a
-        stored stationarity measurement is dropped once removals have moved the model."""
+    def current_checkpoint(self, own_copy: bool = False) -> Checkpoint:
+        """The session's current model (a deep copy with ``own_copy``) with the base's metadata
+        (recipe, model name); a stored stationarity measurement is dropped once removals
+        have moved the model."""
         metadata = {key: value for key, value in self.metadata.items()
                     if not (self.history and key == "stationarity")}
-        return Checkpoint(self.current, metadata)
+        return Checkpoint(copy.deepcopy(self.current) if own_copy else self.current, metadata)
 
     @property
     def class_names(self) -> list[str]:

@@ -169,6 +169,9 @@ def run_on_workers(function: Callable, args: tuple, workers: int, *,
                     process.terminate()
             raise
         processes.join()
+        # Not a checkpoint: rank 0's whole UnlearnResult, pickled by our own worker into the
+        # private temporary folder this call created (mode 0700) a moment ago, so it is
+        # trusted as the queue's pickles are. User checkpoints load only with weights_only=True.
         return _restored(torch.load(out, weights_only=False))
 
 
