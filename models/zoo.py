@@ -79,28 +79,20 @@ def resnet18(num_classes: int, in_channels: int = 1) -> nn.Module:
     on 2 cores.
 
     torchvision's BasicBlock reuses one in-place ReLU module twice per forward; each block
-    gets two ReLU instances here, none in place, so hooks and Captum see every layer once.
+    is a :class:`~lcodec_models.resnet_blocks.FaceBasicBlock` here, with two ReLU modules,
+    none in place, so hooks and Captum see every layer once.
     """
     from torchvision.models import resnet
+
+    from .resnet_blocks import with_two_relus
     model = resnet.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     model.relu = nn.ReLU()                                 # (B, 64, H/2, W/2)
     model.maxpool = nn.MaxPool2d(3, stride=2, padding=1)   # (B, 64, H/4, W/4)
-    for block in (b for layer in (model.layer1, model.layer2, model.layer3, model.layer4)
-                  for b in layer):
-        block.forward = _basic_block_forward.__get__(block)
-        block.relu = nn.ReLU()
-        block.relu2 = nn.ReLU()
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            with_two_relus(block)
     return model
-
-
-def _basic_block_forward(self, x: torch.Tensor) -> torch.Tensor:
-    identity = x
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    if self.downsample is not None:
-        identity = self.downsample(x)
-    return self.relu2(out + identity)
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:

@@ -115,3 +115,31 @@ def test_the_zoo_resnet_stem_downsamples_by_four():
     handle.remove()
     assert logits.shape == (2, 5)
     assert tuple(seen["shape"]) == (2, 64, 12, 10)
+
+
+def test_the_zoo_resnet_pickles_and_runs_each_relu_once():
+    """A whole zoo ResNet-18 survives pickling (spawned workers, ``torch.save`` of a model)
+    with the same outputs, and every ReLU module runs once per forward (hooks and Captum
+    depend on it)."""
+    import io
+    import pickle
+
+    model = build_model("resnet18", 3, (1, 32, 32)).eval()
+    images = torch.randn(2, 1, 32, 32)
+    copy = pickle.loads(pickle.dumps(model))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    calls: dict[str, int] = {}
+    relus = [(name, m) for name, m in copy.named_modules() if isinstance(m, nn.ReLU)]
+    handles = [m.register_forward_hook(lambda _m, _i, _o, name=name: calls.__setitem__(
+        name, calls.get(name, 0) + 1)) for name, m in relus]
+    with torch.inference_mode():
+        expected = model(images)
+        assert torch.equal(copy(images), expected)
+        assert torch.equal(saved(images), expected)
+    for handle in handles:
+        handle.remove()
+    assert len(relus) == 1 + 2 * 8 and set(calls.values()) == {1}
+    assert not any(m.inplace for _name, m in relus)

@@ -115,9 +115,9 @@ def _rank_main(rank: int, job: _Job, events) -> None:
     try:
         shard = join_group(job.backend, device)
         progress = (lambda event: events.put(("progress", event))) if rank == 0 else None
-        result = job.function(shard, *_restored(job.args), on_progress=progress)
+        result = job.function(shard, *job.args, on_progress=progress)
         if rank == 0:
-            torch.save(_portable(result), job.out)
+            torch.save(result, job.out)
         dist.barrier()
         events.put(("done", rank))
     except BaseException as error:          # the launcher stops the other ranks and re-raises
@@ -148,7 +148,7 @@ def run_on_workers(function: Callable, args: tuple, workers: int, *,
     events = context.SimpleQueue()
     with tempfile.TemporaryDirectory(prefix="lcodec-workers-") as folder:
         out = str(Path(folder) / "rank0.pt")
-        job = _Job(function, _portable(tuple(args)), workers, free_port(), backend, device, threads, out)
+        job = _Job(function, tuple(args), workers, free_port(), backend, device, threads, out)
         processes = mp.start_processes(_rank_main, args=(job, events), nprocs=workers,
                                        join=False, start_method="spawn")
         finished = 0
@@ -172,63 +172,7 @@ def run_on_workers(function: Callable, args: tuple, workers: int, *,
         # Not a checkpoint: rank 0's whole UnlearnResult, pickled by our own worker into the
         # private temporary folder this call created (mode 0700) a moment ago, so it is
         # trusted as the queue's pickles are. User checkpoints load only with weights_only=True.
-        return _restored(torch.load(out, weights_only=False))
-
-
-class _BoundMethod:
-    """A function bound to a module and stored on it (the zoo's ResNet-18 blocks set their
-    ``forward`` so), carried across processes by the function alone (pickled by name) and
-    bound again on arrival: a bound method in an instance's dict does not unpickle."""
-
-    def __init__(self, function):
-        self.function = function
-
-
-def _convert(value, module_fn):
-    """``value`` with ``module_fn`` applied to every nn.Module in it (top level, in tuples,
-    lists, dicts, and attributes of plain objects such as an UnlearnResult)."""
-    if isinstance(value, nn.Module):
-        return module_fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_convert(item, module_fn) for item in value)
-    if isinstance(value, dict):
-        return {key: _convert(item, module_fn) for key, item in value.items()}
-    if hasattr(value, "__dict__") and any(isinstance(v, nn.Module) for v in vars(value).values()):
-        value = copy.copy(value)
-        for key, item in vars(value).items():
-            if isinstance(item, nn.Module):
-                setattr(value, key, module_fn(item))
-    return value
-
-
-def _self_bound(module: nn.Module):
-    return [(name, value) for name, value in vars(module).items()
-            if getattr(value, "__self__", None) is module and hasattr(value, "__func__")]
-
-
-def _portable(value):
-    """``value`` ready to pickle: modules with self-bound methods are copied and the
-    methods replaced by :class:`_BoundMethod` (other modules pass as they are)."""
-    def module_fn(model):
-        if not any(_self_bound(m) for m in model.modules()):
-            return model
-        model = copy.deepcopy(model)
-        for module in model.modules():
-            for name, method in _self_bound(module):
-                module.__dict__[name] = _BoundMethod(method.__func__)
-        return model
-    return _convert(value, module_fn)
-
-
-def _restored(value):
-    """Undo :func:`_portable` on arrival (in place on the freshly unpickled modules)."""
-    def module_fn(model):
-        for module in model.modules():
-            for name, item in list(vars(module).items()):
-                if isinstance(item, _BoundMethod):
-                    module.__dict__[name] = item.function.__get__(module)
-        return model
-    return _convert(value, module_fn)
+        return torch.load(out, weights_only=False)
 
 
 def _unlearn_on_rank(shard: RetainedShard, model, forget, retain, config, options,
