@@ -24,8 +24,9 @@ from lcodec_models import ZOO, Checkpoint, Recipe, state_hash
 DATASET_LABELS = {"olivetti": "Olivetti faces (40 people)", "mnist": "MNIST digits (10 classes)"}
 MODEL_LABELS = {
     "small_cnn": "small CNN (35k parameters, trains in ~30 s on 2 cores)",
-    # measured in docs/BENCHMARKS.md, "ResNet-18 identity removal (issue 14)", on a busy 2-core machine
-    "resnet18": "ResNet-18 (11M parameters, trains in ~2-8 min on 2 cores; a removal ~10-50 s)",
+    # measured in docs/BENCHMARKS.md, "ResNet-18 identity removal (issue 14)", on 2 cores at load 2
+    # (training: 28-32 s per retraining there; the first training up to 8 min on a busy machine)
+    "resnet18": "ResNet-18 (11M parameters; trains once in ~1-8 min on 2 cores; a removal ~7-10 s)",
     "logreg": "logistic regression",
     "mlp": "one-hidden-layer MLP",
 }
