@@ -143,3 +143,50 @@ def test_the_zoo_resnet_pickles_and_runs_each_relu_once():
         handle.remove()
     assert len(relus) == 1 + 2 * 8 and set(calls.values()) == {1}
     assert not any(m.inplace for _name, m in relus)
+
+
+def test_resnet18_removes_a_person_from_an_image_folder_through_the_cli(tmp_path):
+    """``lcodec prepare`` and ``lcodec unlearn`` with ``--model resnet18`` on a ``folder:``
+    data set (four synthetic people, 64x64 PNGs), the engine default: the person is forgotten,
+    the others kept, the BatchNorm buffers untouched, and the saved model loads."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    import lcodec_core.paths
+    from lcodec_models import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "faces"
+    for person in range(4):
+        centre = rng.uniform(0, 255, (64, 64))
+        (root / f"person{person}").mkdir(parents=True)
+        for k in range(8):
+            pixels = np.clip(centre + rng.normal(0, 30, (64, 64)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(root / f"person{person}" / f"{k}.png")
+    env = {**os.environ, "LCODEC_HOME": str(tmp_path / "home"), "LCODEC_OFFLINE": "1"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lcodec_core", *args], env=env, text=True,
+                              capture_output=True, timeout=900, cwd=lcodec_core.paths.CHECKOUT_DIR)
+
+    dataset = f"folder:{root}"
+    prepared = cli("prepare", "--dataset", dataset, "--model", "resnet18")
+    assert prepared.returncode == 0, prepared.stderr
+    report_path, saved = tmp_path / "report.json", tmp_path / "unlearned.pt"
+    removed = cli("unlearn", "--dataset", dataset, "--model", "resnet18", "--forget-identity", "1",
+                  "--json", str(report_path), "--save", str(saved))
+    assert removed.returncode == 0, removed.stderr
+    report = json.loads(report_path.read_text())
+    assert report["original"]["forget_accuracy"] == 1.0
+    assert report["unlearned"]["forget_accuracy"] == 0.0
+    assert report["unlearned"]["retain_accuracy"] == report["original"]["retain_accuracy"] == 1.0
+    assert report["verdict"]["status"] == "forgotten"
+    assert report["diagnostics"]["buffers_unchanged"] is True
+    checkpoint = load_checkpoint(saved)
+    assert checkpoint.metadata["model"] == "resnet18"
+    assert any(isinstance(m, nn.BatchNorm2d) for m in checkpoint.model.modules())
