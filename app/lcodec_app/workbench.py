@@ -25,8 +25,9 @@ DATASET_LABELS = {"olivetti": "Olivetti faces (40 people)", "mnist": "MNIST digi
 MODEL_LABELS = {
     "small_cnn": "small CNN (35k parameters, trains in ~30 s on 2 cores)",
     # measured in docs/BENCHMARKS.md, "ResNet-18 identity removal (issue 14)", on 2 cores at load 2
-    # (training: 28-32 s per retraining there; the first training up to 8 min on a busy machine)
-    "resnet18": "ResNet-18 (11M parameters; trains once in ~1-8 min on 2 cores; a removal ~7-10 s)",
+    # (retraining 28-47 s there; the first training took up to 8 min on a busy machine; a removal
+    # 8-12 s end to end)
+    "resnet18": "ResNet-18 (11M parameters; trains once in ~1-8 min on 2 cores; a removal ~8-12 s)",
     "logreg": "logistic regression",
     "mlp": "one-hidden-layer MLP",
 }
