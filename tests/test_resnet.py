@@ -190,3 +190,4 @@ def test_resnet18_removes_a_person_from_an_image_folder_through_the_cli(tmp_path
     checkpoint = load_checkpoint(saved)
     assert checkpoint.metadata["model"] == "resnet18"
     assert any(isinstance(m, nn.BatchNorm2d) for m in checkpoint.model.modules())
+
