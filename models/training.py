@@ -70,7 +70,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     """Logits, shape (N, K), in eval mode. The model's previous mode is restored.
 
     A convolutional model given many images runs channels-last (on a copy of its 4-D
-    weights; the model is not changed): the same logits to float rounding, measured 1.4x
+    weights; the model is not changed): the same logits to float rounding, measured 1.2-1.5x
     faster for the zoo's ResNet-18 and small CNN on a 2-core CPU."""
     was_training = model.training
     model.eval()
