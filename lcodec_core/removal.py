@@ -93,22 +93,32 @@ def remove(checkpoint: Checkpoint, bundle: DataBundle, request: ForgetRequest,
         (computed when None).
     who : how the verdict names what was removed; default :func:`who_is_removed`.
     engine : the ``unlearn`` callable to run (the dashboard passes one that takes its lock).
+        One with a ``remove_and_evaluate`` method (``lcodec unlearn --workers W``:
+        :func:`lcodec_core.parallel.removal_engine`) also runs the evaluation, on its workers.
     """
     remove_fn = engine if engine is not None else unlearn
     who = who or who_is_removed(bundle, request)
     recipe = checkpoint.recipe      # lam comes from here (config.weight_decay overrides it)
-    if before is None:
-        before = evaluate(checkpoint.model, bundle, request)
     if hash_before is None:
         hash_before = checkpoint.state_hash()
-    result = remove_fn(checkpoint.model, request.forget, request.retain, config, on_progress,
-                       recipe=recipe, held_out=held_out_for(bundle))
+    options = {"recipe": recipe, "held_out": held_out_for(bundle)}
+    if hasattr(remove_fn, "remove_and_evaluate"):   # W processes: they classify too, each a share
+        result, measured, after = remove_fn.remove_and_evaluate(
+            checkpoint.model, bundle, request, config, on_progress, before_needed=before is None,
+            **options)
+        before = measured if before is None else before
+    else:
+        if before is None:
+            before = evaluate(checkpoint.model, bundle, request)
+        result = remove_fn(checkpoint.model, request.forget, request.retain, config, on_progress,
+                           **options)
+        after = evaluate(result.model, bundle, request)
     training = (torch.cat([request.forget.images, request.retain.images]),
                 torch.cat([request.forget.targets, request.retain.targets]))
     return RemovalRecord(
         request=request, config=config, result=result,
         original=dict(before if original is None else original), before=dict(before),
-        after=evaluate(result.model, bundle, request), hash_before=hash_before,
+        after=after, hash_before=hash_before,
         hash_after=state_hash(result.model), dataset=bundle.name,
         model_name=checkpoint.metadata.get("model"),
         stationarity=stationarity_of(checkpoint, *training), who=who)

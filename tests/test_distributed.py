@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lcodec_core import UnlearnConfig, unlearn
-from lcodec_core.parallel import ONE_PROCESS, RetainedShard, run_on_workers, unlearn_distributed
+from lcodec_core.parallel import (ONE_PROCESS, RetainedShard, remove_distributed, run_on_workers,
+                                  unlearn_distributed)
 from lcodec_core.requests import ForgetRequest
 from tiny import TinyNet, fit_adam, make_dataset
 
@@ -147,6 +148,48 @@ def test_one_worker_is_the_one_process_path_exactly(problem):
     assert result.diagnostics["step"]["damping"] == single.diagnostics["step"]["damping"]
     assert "parallel" not in result.diagnostics
     assert ONE_PROCESS.bytes_communicated == 0 and not ONE_PROCESS.distributed
+
+
+def test_remove_distributed_evaluates_on_the_workers_as_one_process_would(problem):
+    """The removal plus the before/after accuracies that ``remove`` reports, the retained
+    images classified by the two workers: the one-process numbers; W = 1 runs here."""
+    from lcodec_core.audit.evaluation import evaluate
+    model, forget, retain, held_out = problem
+    request, bundle = _request(forget, retain), _bundle(held_out)
+    result, before, after = remove_distributed(model, bundle, request, _config({}), workers=2,
+                                               weight_decay=LAM, held_out=held_out)
+    single = unlearn(model, forget, retain, _config({}), weight_decay=LAM, held_out=held_out)
+    _assert_same_weights(result.model, single.model)
+    assert result.diagnostics["parallel"]["workers"] == 2
+    assert before == pytest.approx(evaluate(model, bundle, request), rel=RTOL, nan_ok=True)
+    assert after == pytest.approx(evaluate(single.model, bundle, request), rel=RTOL, nan_ok=True)
+    here, nothing, after_here = remove_distributed(model, bundle, request, _config({}), workers=1,
+                                                   before_needed=False, weight_decay=LAM,
+                                                   held_out=held_out)
+    assert nothing is None and "parallel" not in here.diagnostics
+    assert after_here == pytest.approx(after, rel=RTOL, nan_ok=True)
+
+
+def test_the_cli_with_two_workers_records_the_one_process_removal(trained_small_cnn, tmp_path):
+    """``lcodec unlearn --workers 2`` (spawned gloo workers that also classify the retained
+    photos before and after) and ``--workers 1`` give the same slices, accuracies and weights."""
+    import json
+
+    from lcodec_core.cli import main
+    from lcodec_models import load_checkpoint
+    reports, models = {}, {}
+    for workers in (1, 2):
+        out, saved = tmp_path / f"w{workers}.json", tmp_path / f"w{workers}.pt"
+        assert main(["unlearn", "--dataset", "olivetti", "--forget-index", "0", "1", "2",
+                     "--perturbations", "20", "--workers", str(workers), "--json", str(out),
+                     "--save", str(saved), "--ledger", str(tmp_path / "ledger.sqlite")]) == 0
+        reports[workers], models[workers] = json.loads(out.read_text()), load_checkpoint(saved).model
+    one, two = reports[1], reports[2]
+    assert two["selected_slices"] == one["selected_slices"]
+    for split in ("original", "unlearned"):   # shares of photos: the same predictions, the same numbers
+        assert two[split] == one[split], split
+    _assert_same_weights(models[2], models[1])
+    assert two["diagnostics"]["parallel"]["workers"] == 2
 
 
 @pytest.mark.parametrize("workers, message", [

@@ -217,6 +217,52 @@ def unlearn_distributed(model: nn.Module, forget: ImageDataset, retain: ImageDat
     """
     options = {"weight_decay": weight_decay, "recipe": recipe, "held_out": held_out}
     rows = retained_rows(retain, config)
+    if _one_process(workers, rows):
+        from ..unlearning.unlearn import unlearn
+        return unlearn(model, forget, retain, config, on_progress, **options)
+    return _run_split(_unlearn_on_rank_with_traffic, (model, forget, retain, config, options),
+                      model, rows, workers, on_progress, backend=backend, threads=threads)
+
+
+def remove_distributed(model: nn.Module, bundle, request, config: UnlearnConfig = UnlearnConfig(),
+                       on_progress: ProgressFn | None = None, *, workers: int | None = None,
+                       before_needed: bool = True, weight_decay: float | None = None, recipe=None,
+                       held_out: ImageDataset | None = None, backend: str | None = None,
+                       threads: int | None = None) -> tuple:
+    """:func:`unlearn_distributed` of ``request`` plus the evaluation that
+    :func:`lcodec_core.removal.remove` reads (:func:`lcodec_core.audit.evaluation.evaluate`),
+    with the retained images classified by the same W processes, each its share.
+
+    Returns (result, before, after): the UnlearnResult, the accuracies of ``model`` on the
+    request (None unless ``before_needed``) and those of ``result.model``. Arguments and
+    errors as :func:`unlearn_distributed`; ``bundle`` gives the held-out split.
+    """
+    options = {"weight_decay": weight_decay, "recipe": recipe, "held_out": held_out}
+    rows = retained_rows(request.retain, config)
+    if _one_process(workers, rows):
+        from ..audit.evaluation import evaluate
+        from ..unlearning.unlearn import unlearn
+        before = evaluate(model, bundle, request) if before_needed else None
+        result = unlearn(model, request.forget, request.retain, config, on_progress, **options)
+        return result, before, evaluate(result.model, bundle, request)
+    return _run_split(_remove_on_rank, (model, bundle, request, config, options, before_needed),
+                      model, rows, workers, on_progress, backend=backend, threads=threads)
+
+
+def _one_process(workers, rows: int) -> bool:
+    """Whether this call runs in this process alone: no process group and W = 1 (W checked
+    first, so a bad W is refused before anything runs)."""
+    if _in_group() or _launched():
+        return False
+    return check_workers(1 if workers is None else workers, rows) == 1
+
+
+def _run_split(rank_function: Callable, args: tuple, model: nn.Module, rows: int,
+               workers: int | None, on_progress: ProgressFn | None, *, backend: str | None,
+               threads: int | None):
+    """``rank_function(shard, *args, on_progress=...)`` on every rank of the group this process
+    belongs to (torchrun), or on ``workers`` processes spawned here; rank 0's return value.
+    ``rows``: the retained rows the removal reads (at least one per worker)."""
     if _in_group() or _launched():
         device = "cuda" if next(model.parameters()).is_cuda else "cpu"   # cuda: cuda:LOCAL_RANK
         shard = join_group(backend, device)
@@ -224,52 +270,76 @@ def unlearn_distributed(model: nn.Module, forget: ImageDataset, retain: ImageDat
             raise ValueError(f"workers={workers} but the process group has {shard.world_size} "
                              f"ranks; pass workers=None under torchrun")
         check_workers(shard.world_size, rows)
-        return _with_traffic(_unlearn_on_rank(shard, model, forget, retain, config, options,
-                                              on_progress if shard.rank == 0 else None), shard)
+        return rank_function(shard, *args, on_progress=on_progress if shard.rank == 0 else None)
     workers = check_workers(1 if workers is None else workers, rows)
-    if workers == 1:
-        from ..unlearning.unlearn import unlearn
-        return unlearn(model, forget, retain, config, on_progress, **options)
     device = "cuda" if next(model.parameters()).is_cuda else "cpu"
     if device == "cuda" and torch.cuda.device_count() < workers:
         raise ValueError(f"workers={workers} with NCCL needs one GPU per worker; "
                          f"{torch.cuda.device_count()} visible")
-    return run_on_workers(_unlearn_on_rank_with_traffic,
-                          (copy.deepcopy(model).cpu() if device == "cuda" else model, forget, retain,
-                           config, options),
-                          workers, on_progress=on_progress, backend=backend, device=device,
-                          threads=threads)
+    if device == "cuda":
+        args = (copy.deepcopy(model).cpu(),) + tuple(args[1:])    # each rank moves it to its GPU
+    return run_on_workers(rank_function, args, workers, on_progress=on_progress,
+                          backend=backend, device=device, threads=threads)
 
 
 def removal_engine(workers: int | None = None):
     """The ``engine`` for :func:`lcodec_core.removal.remove` (``lcodec unlearn --workers W``):
     None (the plain one-process engine) for W = 1 outside a process group, else a callable
-    with :func:`lcodec_core.unlearn`'s signature that runs :func:`unlearn_distributed`.
+    with :func:`lcodec_core.unlearn`'s signature that runs :func:`unlearn_distributed`, and
+    whose ``remove_and_evaluate`` (what ``remove`` calls) runs :func:`remove_distributed`.
 
     Under torchrun every rank runs the command; the ranks other than 0 leave the program
-    (``SystemExit(0)``) as soon as the removal is done, so only rank 0 evaluates the result,
-    saves it and records it in the ledger.
+    (``SystemExit(0)``) once the removal and its evaluation are done, so only rank 0 saves
+    the result and records it in the ledger.
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"--workers must be a whole number >= 1; got {workers!r}")
     launched = _in_group() or _launched()
     if not launched and workers in (None, 1):
         return None
+    return _SplitEngine(None if launched else workers, launched)
 
-    def engine(model, forget, retain, config=UnlearnConfig(), on_progress=None, **options):
-        result = unlearn_distributed(model, forget, retain, config, on_progress,
-                                     workers=None if launched else workers, **options)
+
+class _SplitEngine:
+    """:func:`lcodec_core.unlearn`'s signature on W processes; ``remove_and_evaluate`` also
+    splits the before/after evaluation of :func:`lcodec_core.removal.remove` over them."""
+
+    def __init__(self, workers: int | None, launched: bool):
+        self.workers, self.launched = workers, launched
+
+    def __call__(self, model, forget, retain, config=UnlearnConfig(), on_progress=None, **options):
+        return self._leave_unless_rank0(unlearn_distributed(
+            model, forget, retain, config, on_progress, workers=self.workers, **options))
+
+    def remove_and_evaluate(self, model, bundle, request, config=UnlearnConfig(),
+                            on_progress=None, **options):
+        """(result, before or None, after): see :func:`remove_distributed`."""
+        return self._leave_unless_rank0(remove_distributed(
+            model, bundle, request, config, on_progress, workers=self.workers, **options))
+
+    def _leave_unless_rank0(self, value):
         import torch.distributed as dist
-        if launched and dist.get_rank() != 0:
+        if self.launched and dist.get_rank() != 0:
             dist.destroy_process_group()
             raise SystemExit(0)
-        return result
-    return engine
+        return value
 
 
 def _unlearn_on_rank_with_traffic(shard, model, forget, retain, config, options, on_progress=None):
     return _with_traffic(_unlearn_on_rank(shard, model, forget, retain, config, options,
                                           on_progress), shard)
+
+
+def _remove_on_rank(shard, model, bundle, request, config, options, before_needed,
+                    on_progress=None):
+    """One rank of :func:`remove_distributed`: evaluate, remove, evaluate, each split."""
+    from ..audit.evaluation import evaluate
+    if shard.device.type == "cuda" and next(model.parameters()).device != shard.device:
+        model = copy.deepcopy(model).to(shard.device)
+    before = evaluate(model, bundle, request, shard) if before_needed else None
+    result = _unlearn_on_rank_with_traffic(shard, model, request.forget, request.retain, config,
+                                           options, on_progress)
+    return result, before, evaluate(result.model, bundle, request, shard)
 
 
 def _with_traffic(result, shard: RetainedShard):
