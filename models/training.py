@@ -66,8 +66,11 @@ CHANNELS_LAST_MIN_IMAGES = 64  # fewer images: copying the conv weights costs mo
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits, shape (N, K), in eval mode. The model's previous mode is restored.
+
+    Batches of 64 stay in the CPU's cache: the small CNN over 320 photos, channels-last, took
+    0.09 s in batches of 64 against 0.24 s in batches of 512 (one thread, load 0.5).
 
     A convolutional model given many images runs channels-last (on a copy of its 4-D
     weights; the model is not changed): the same logits to float rounding, measured 1.2-1.5x

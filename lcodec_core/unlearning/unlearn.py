@@ -3,9 +3,11 @@
 Phases (each timed and reported through ``on_progress``):
 1. probe   perturb every forget image m times; record each slice's activation and the loss;
 2. select  L-FOCI picks the slices carrying the forget set (or random / top1 / all);
-3. newton  the update of the selected block P: by default one step along the forget set's
-           gradient with Fisher curvature, its damping chosen per request by the step rule
-           (:mod:`.forget_step`, :mod:`.step_rule`); with ``step_rule="newton"`` damped Newton
+3. newton  the update of the block P: by default (``step_rule="optimum"``, engine v3) the whole
+           linear head goes to the optimum of the retained objective with the features fixed
+           (:mod:`.optimum_step`); ``step_rule="target"`` (engine v2) takes one step along the
+           forget set's gradient with Fisher curvature, its damping chosen per request
+           (:mod:`.forget_step`, :mod:`.step_rule`); ``step_rule="newton"`` damped Newton
            iterations on the retained objective (:mod:`.newton`);
 4. noise   N(0, sigma^2) on P (or all parameters) for (epsilon, delta)-forgetting, refused
            when it would leave the model near chance; labelled by :mod:`.guarantee`.
@@ -37,6 +39,7 @@ from ..progress import ProgressFn, emit
 from .forget_step import forget_gradient, targeted_step
 from .memory import PeakMemory
 from .newton import block_newton
+from .optimum_step import head_name, retained_optimum_head
 from .noise import add_noise, noise_sigma
 from .probing import probe
 from .result import SelectedSlice, UnlearnResult
@@ -249,6 +252,9 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
         lambda: (selected, diagnostics["selection"]), "selection")   # the same block on every rank
     timings["select_s"] = time.perf_counter() - tick
     emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
+    if config.step_rule == "optimum":
+        return _optimum_removal(model, forget, retain, held_out, config, lam, on_progress, timings,
+                                shard, slices, selected, diagnostics)
     if not selected:
         diagnostics["newton"] = "skipped: no slice selected (no dependence between the loss and any activation)"
         diagnostics["changed"] = False
@@ -272,6 +278,47 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
     new_model = _with_params(model, objective.full_state(v_new, model))
     timings["newton_s"] = time.perf_counter() - tick
     diagnostics["changed"] = bool((v_new != objective.v0).any())
+    return new_model, selected, rows, diagnostics
+
+
+def _optimum_removal(model, forget, retain, held_out, config, lam, on_progress, timings, shard,
+                     slices, selected, diagnostics):
+    """``step_rule="optimum"``: the block is the selected slices and the whole head; the head
+    goes to the retained optimum (:mod:`.optimum_step`), after the v2 targeted step on the
+    selected slices outside the head when ``config.feature_step``. Rank 0 decides and solves;
+    every rank receives the same block."""
+    tick = time.perf_counter()
+    head = head_name(model)
+    by_ref = {(s.module, s.index): s for s in slices}
+    outside = [s for s in selected if s.module != head]
+    head_refs = [s for s in slices if s.module == head]
+    rows = slice_parameter_rows(model, [by_ref[(s.module, s.index)] for s in outside] + head_refs)
+    start = model
+    if config.feature_step and outside:
+        emit(on_progress, "newton", 0.0, f"step on the {len(outside)} selected slice(s) outside the head")
+        feature_rows = slice_parameter_rows(model, [by_ref[(s.module, s.index)] for s in outside])
+        data = _subsample(retain, config.retain_subsample, config.seed)
+        objective = BlockObjective(model, feature_rows, data.images, data.targets, lam,
+                                   curvature_size=config.curvature_subsample, seed=config.seed,
+                                   shard=shard)
+        v_new, diagnostics["feature_step"] = targeted_step(objective, forget, held_out, config,
+                                                           n=len(forget) + len(retain))
+        v_new = shard.broadcast_tensor(v_new, "block")
+        start = _with_params(model, objective.full_state(v_new, model))
+    emit(on_progress, "newton", 0.5, f"moving the head ({head}) to the retained optimum")
+
+    def solve():
+        new_model, report = retained_optimum_head(start, forget, retain, lam, feature_slices=outside,
+                                                  feature_step=config.feature_step)
+        return {k: v.detach() for k, v in new_model.named_parameters()}, report
+    params, report = shard.from_rank0(solve, "head optimum")   # one solve, every rank the same
+    new_model = _with_params(model, params)
+    diagnostics["step"] = report.to_dict()
+    timings["newton_s"] = time.perf_counter() - tick
+    emit(on_progress, "newton", 1.0, f"head at the retained optimum (|grad F_r| "
+                                     f"{report.solve['gradient_norm']:.1e})")
+    diagnostics["changed"] = any(not torch.equal(a, b) for a, b in
+                                 zip(model.parameters(), new_model.parameters()))
     return new_model, selected, rows, diagnostics
 
 
