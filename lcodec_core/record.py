@@ -34,6 +34,9 @@ class RemovalRecord:
     model, ``retrained`` of the reference trained without the forget set (None until
     :meth:`with_reference`). ``hash_before``/``hash_after``: :func:`lcodec_models.state_hash` of the
     model before and after. ``who`` names what was removed in the verdict ("person 05").
+    ``attacks``: :func:`lcodec_core.audit.attacks.request_attacks` of the model before
+    ("before"), the unlearned model ("unlearned") and, with a reference, the retrained one
+    ("retrained"), with the protocol and which held-out photos judged (``held_out``).
     """
     request: ForgetRequest
     config: UnlearnConfig
@@ -50,6 +53,7 @@ class RemovalRecord:
     retrained: dict | None = None
     retrain_s: float | None = None
     audit: dict | None = None
+    attacks: dict | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -65,7 +69,7 @@ class RemovalRecord:
         """What the numbers show (:func:`lcodec_core.audit.verdict.judge`): never assumed."""
         return judge(self.before, self.after, identity=self.request.identity,
                      changed=self.result.changed, step=self.result.diagnostics.get("step"),
-                     who=self.who)
+                     who=self.who, attacks=self.attacks)
 
     @property
     def certified(self) -> bool:
@@ -80,11 +84,16 @@ class RemovalRecord:
             return None
         return self.retrain_s / unlearn_s
 
-    def with_reference(self, retrained: dict, retrain_s: float, audit: dict | None) -> "RemovalRecord":
-        """A new record with the retrained reference's accuracies, its training time and
-        :func:`lcodec_core.audit.comparison.audit_removal` of (original, unlearned, retrained)."""
+    def with_reference(self, retrained: dict, retrain_s: float, audit: dict | None,
+                       retrained_attacks: dict | None = None) -> "RemovalRecord":
+        """A new record with the retrained reference's accuracies, its training time,
+        :func:`lcodec_core.audit.comparison.audit_removal` of (original, unlearned, retrained)
+        and the attacks on the retrained model (the verdict then reads them against it)."""
+        attacks = self.attacks
+        if retrained_attacks is not None:
+            attacks = {**(attacks or {}), "retrained": retrained_attacks}
         return dataclasses.replace(self, retrained=dict(retrained), retrain_s=float(retrain_s),
-                                   audit=audit)
+                                   audit=audit, attacks=attacks)
 
     def to_json(self) -> dict:
         """Everything but the models, JSON-ready (no NaN: unknown values are null).
@@ -94,7 +103,7 @@ class RemovalRecord:
         verdict, guarantee, guarantee_text, guarantee_reasons, changed, epsilon and delta
         (only when certified), requested_epsilon, sigma, selected_slices, parameters_updated,
         parameter_share, timings (with retrain_s), speedup_over_retrain, peak_memory_mb,
-        settings, diagnostics, stationarity, audit.
+        settings, diagnostics, stationarity, audit, attacks.
         """
         summary = self.result.summary()          # the engine's own fields, as it reports them
         summary.pop("method")                     # settings["method"] says it
@@ -122,4 +131,5 @@ class RemovalRecord:
             "speedup_over_retrain": self.speedup_over_retrain,
             "stationarity": self.stationarity,
             "audit": self.audit,
+            "attacks": self.attacks,
         })

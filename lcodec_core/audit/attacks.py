@@ -134,3 +134,28 @@ def loss_attack(model: nn.Module, forgotten: ImageDataset, report_held_out: Imag
            if len(held_loss) and len(forgotten_loss) else float("nan"))
     return {"loss_auc": auc, "forgotten_losses": [float(v) for v in forgotten_loss],
             "report_held_out_photos": int(len(held_loss))}
+
+
+def request_attacks(model: nn.Module, bundle, request, *, relearn: bool = True) -> dict:
+    """The attacks that fit ``request`` on one model.
+
+    A whole person (``request.identity`` k): :func:`identity_attacks` with every photo of other
+    people (training and held-out) as the others and k's held-out photos for relearning; keys
+    ``kind`` = "identity" plus its numbers. Scattered photos: :func:`loss_attack` against the
+    report half of the held-out photos (:func:`lcodec_core.holdout.split_held_out`);
+    ``kind`` = "photos".
+    """
+    from ..holdout import split_held_out
+    train, test = bundle.train, bundle.test
+    k = request.identity
+    if k is None:
+        report = split_held_out(test).report
+        return {"kind": "photos", **loss_attack(model, request.forget, test.subset(report))}
+    train_others = (train.targets != k).nonzero().flatten().tolist()
+    test_others = (test.targets != k).nonzero().flatten().tolist()
+    a, b = train.subset(train_others), test.subset(test_others)
+    others = ImageDataset(torch.cat([a.images, b.images]), torch.cat([a.targets, b.targets]),
+                          train.classes, a.sources + b.sources)
+    held = test.subset((test.targets == k).nonzero().flatten().tolist())
+    return {"kind": "identity", **identity_attacks(model, k, request.forget, others, held,
+                                                   request.retain, relearn=relearn)}

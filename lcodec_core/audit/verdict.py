@@ -12,6 +12,10 @@ show, with what to try next when the removal fell short.
   reached that of never-seen photos of the same people).
 - Damaged: retained accuracy fell below 99% of what it was.
 - Unchanged: no weight moved.
+- Hidden: the accuracies say forgotten, but an attack (:mod:`.attacks`) tells the model from
+  retraining: with a retrained reference, by the tolerances below; without one, by thresholds
+  measured on retrained models (bench/bench_unlearn.py, docs/BENCHMARKS.md). A verdict of
+  "forgotten" that an attack contradicts would be a defect.
 """
 from __future__ import annotations
 
@@ -22,10 +26,22 @@ FORGET_ACCURACY_MAX = 0.05
 FORGET_HELD_OUT_MAX = 0.10
 RETAIN_SHARE_MIN = 0.99
 
+# Attacks read against a retrained reference (the targets of bench/bench_unlearn.py):
+MARGIN_AUC_TOLERANCE = 0.15        # |AUC - retrained| (or the two retrainings' spread, if wider)
+OFFSET_FLIPS_SHARE_MIN = 0.5       # the restoring constant flips >= 0.5 x the retrained count
+OFFSET_CONSTANT_SHARE_MIN = 0.7    # and needs >= 0.7 x the retrained constant
+RELEARN_EXCESS_MAX = 0.125         # relearned share <= retrained + 0.125 at every step count
+LOSS_AUC_TOLERANCE = 0.1           # scattered photos: |loss-attack AUC - retrained|
+# Without a reference: what no retrained model did in bench/bench_unlearn.py (40 identities,
+# two retrainings each; docs/BENCHMARKS.md, "Engine v3"): relearned after 10 steps at most 0.125,
+# the restoring constant flips at least 5 others. The thresholds leave a margin on both.
+NO_REFERENCE_RELEARN_MAX = 0.25
+NO_REFERENCE_OFFSET_FLIPS_MIN = 3
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """status: "forgotten", "still_recognised", "damaged" or "unchanged"; ``ok`` only for
+    """status: "forgotten", "hidden", "still_recognised", "damaged" or "unchanged"; ``ok`` only for
     "forgotten"; ``headline`` one plain sentence; ``advice`` what to try next (may be empty)."""
     status: str
     ok: bool
@@ -40,8 +56,59 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.0%}"
 
 
+def _steps(relearned: dict) -> dict[int, float]:
+    return {int(k): float(v) for k, v in (relearned or {}).items()}
+
+
+def attack_findings(unlearned: dict, reference: dict | None = None, *,
+                    margin_spread: float = 0.0) -> list[str]:
+    """Each way the attacks on the unlearned model tell it from retraining, in words (empty:
+    none). ``unlearned`` and ``reference`` are :func:`.attacks.request_attacks` results;
+    ``margin_spread``: how far two retrainings' margin AUCs lie apart (widens the tolerance)."""
+    found = []
+    if unlearned.get("kind") == "photos":
+        if reference is not None:
+            auc, ref = unlearned.get("loss_auc"), reference.get("loss_auc")
+            if auc is not None and ref is not None and math.isfinite(auc) and math.isfinite(ref) \
+                    and abs(auc - ref) > LOSS_AUC_TOLERANCE:
+                found.append(f"a loss attack separates them from held-out photos with AUC {auc:.2f} "
+                             f"(retrained {ref:.2f})")
+        return found
+    relearned = _steps(unlearned.get("relearned"))
+    constant, flipped = unlearned.get("offset_constant"), unlearned.get("offset_flipped")
+    others = unlearned.get("offset_others")
+    if reference is None:
+        late = relearned.get(max(relearned)) if relearned else None
+        if late is not None and late > NO_REFERENCE_RELEARN_MAX:
+            found.append(f"{late:.0%} of their forgotten photos come back after {max(relearned)} "
+                         f"relearning steps on photos of them it never saw")
+        if flipped is not None and flipped < NO_REFERENCE_OFFSET_FLIPS_MIN:
+            found.append(f"adding {constant:.1f} to their output brings every forgotten photo back "
+                         f"while calling only {flipped} of {others} other photos them")
+        return found
+    tolerance = max(MARGIN_AUC_TOLERANCE, margin_spread)
+    auc, ref_auc = unlearned.get("margin_auc"), reference.get("margin_auc")
+    if auc is not None and ref_auc is not None and abs(auc - ref_auc) > tolerance:
+        found.append(f"their photos' margin ranks them with AUC {auc:.2f} (retrained {ref_auc:.2f})")
+    ref_constant, ref_flipped = reference.get("offset_constant"), reference.get("offset_flipped")
+    if constant is not None and ref_constant is not None and (
+            flipped < OFFSET_FLIPS_SHARE_MIN * ref_flipped or
+            constant < OFFSET_CONSTANT_SHARE_MIN * ref_constant):
+        found.append(f"adding {constant:.1f} to their output brings every forgotten photo back and "
+                     f"calls {flipped} of {others} others them (retrained: {ref_constant:.1f}, "
+                     f"{ref_flipped})")
+    ref_relearned = _steps(reference.get("relearned"))
+    for steps, share in sorted(relearned.items()):
+        if steps in ref_relearned and share > ref_relearned[steps] + RELEARN_EXCESS_MAX:
+            found.append(f"{share:.0%} of their forgotten photos come back after {steps} relearning "
+                         f"steps (retrained {ref_relearned[steps]:.0%})")
+            break
+    return found
+
+
 def judge(before: dict, after: dict, *, identity: int | None, changed: bool = True,
-          step: dict | None = None, who: str | None = None) -> Verdict:
+          step: dict | None = None, who: str | None = None,
+          attacks: dict | None = None) -> Verdict:
     """The verdict for one removal.
 
     before, after : accuracies of the model before and after (keys retain_accuracy,
@@ -50,6 +117,9 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
     changed : whether any weight moved (``UnlearnResult.changed``).
     step : the engine's ``diagnostics["step"]`` (its ``target_met`` and ``guard_limited``), if any.
     who : how to name what was removed ("person 05", "3 photos").
+    attacks : ``{"unlearned": ..., "retrained": ... (optional), "margin_spread": ...}`` from
+        :func:`.attacks.request_attacks`; a removal the attacks tell from retraining is
+        "hidden", never "forgotten".
     """
     who = who or (f"person {identity:02d}" if identity is not None else "the photos")
     forget_after = after.get("forget_accuracy", float("nan"))
@@ -71,6 +141,9 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
         held = after.get("forget_test_accuracy", float("nan"))
         held_ok = not math.isfinite(held) or held <= FORGET_HELD_OUT_MAX
         if forget_after <= FORGET_ACCURACY_MAX and held_ok:
+            hidden = _hidden(who, attacks)
+            if hidden is not None:
+                return hidden
             return Verdict("forgotten", True,
                            f"Forgotten: {who} is no longer recognised ({_pct(forget_after)} of their "
                            f"training photos, {_pct(held)} of their held-out photos); others keep "
@@ -79,6 +152,14 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
                        f"Still recognised: the model still names {who} on {_pct(forget_after)} of "
                        f"their training photos and {_pct(held)} of their held-out photos.", advice)
     if step is not None and step.get("target_met"):
+        hidden = _hidden(who, attacks)
+        if hidden is not None:
+            return hidden
+        if step.get("rule") == "retained_optimum":
+            return Verdict("forgotten", True,
+                           f"Forgotten: the model's head is where training without {who} puts it "
+                           f"(the optimum of the retained objective); {_pct(forget_after)} are still "
+                           f"recognised, as a retrained model would still recognise most.")
         return Verdict("forgotten", True,
                        f"Forgotten: {who} now look like never-seen photos to the model (their loss "
                        f"reached that of held-out photos of the same people); {_pct(forget_after)} "
@@ -86,3 +167,20 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
     return Verdict("still_recognised", False,
                    f"Not confirmed: {who} still look like training photos to the model "
                    f"({_pct(forget_after)} recognised; the step's target was not met).", advice)
+
+
+def _hidden(who: str, attacks: dict | None) -> Verdict | None:
+    """A "hidden" verdict when the attacks tell the unlearned model from retraining."""
+    if not attacks or not attacks.get("unlearned"):
+        return None
+    reference = attacks.get("retrained")
+    found = attack_findings(attacks["unlearned"], reference,
+                            margin_spread=attacks.get("margin_spread") or 0.0)
+    if not found:
+        return None
+    against = "than a model retrained without them" if reference else "than retrained models do"
+    return Verdict("hidden", False,
+                   f"Hidden, not removed: {who} is no longer predicted, but attacks still find "
+                   f"more of them {against}: " + "; ".join(found) + ".",
+                   ["use the default step rule 'optimum' (the head at the retained optimum)",
+                    "compare with retraining on the Audit page"])
