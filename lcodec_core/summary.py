@@ -37,12 +37,20 @@ def print_summary(report: dict) -> None:
     print(f"{len(report['selected_slices'])} slice(s): {slices}; {report['parameters_updated']} "
           f"parameters ({100 * report['parameter_share']:.2f}% of the model); sigma {report['sigma']:.3g}")
     step = report["diagnostics"].get("step")
-    if step:
+    if step and step.get("rule") == "retained_optimum":
+        solve = step["solve"]
+        print(f"step: the head ({step['head']}, {step['head_parameters']} parameters) moved to the "
+              f"retained optimum: |grad F_r| {solve['gradient_norm_start']:.2g} -> "
+              f"{solve['gradient_norm']:.2g} in {solve['newton_steps']} Newton steps "
+              f"({'converged' if solve['converged'] else 'NOT converged'}); step norm "
+              f"{step['step_norm']:.3g}; null control |d_0|/|d| = {step['null_control_ratio']:.3g}")
+    elif step:
         effect = step["curvature_effect"]
         print(f"step: rule {step['rule']} ({'target met' if step['target_met'] else 'target NOT met'}"
               f"{', limited by the guard' if step['guard_limited'] else ''}), damping {step['damping']:.3g}; "
               f"null control |d_0|/|d| = {step['null_control']['ratio']:.3g}; curvature turned the "
               f"step by {effect['angle_deg']:.1f} deg and scaled it x{effect['norm_ratio']:.2f}")
+    print_attacks(report.get("attacks"))
     print(f"guarantee: {report['guarantee_text']}"
           + (f" ({'; '.join(report['guarantee_reasons'])})" if report["guarantee"] == "heuristic" else ""))
     stationarity = report.get("stationarity") or {}
@@ -52,6 +60,26 @@ def print_summary(report: dict) -> None:
     print(f"verdict: {verdict['headline']}")
     for advice in verdict["advice"]:
         print(f"  - {advice}")
+
+
+def print_attacks(attacks: dict | None) -> None:
+    """The attacks beside each other: before, unlearned and (when compared) retrained."""
+    if not attacks:
+        return
+    columns = [c for c in ("before", "unlearned", "retrained") if attacks.get(c)]
+    if attacks[columns[0]].get("kind") == "photos":
+        print(f"{'attack':<22}" + "".join(f"{c:>11}" for c in columns))
+        print(f"{'loss AUC (report)':<22}" + "".join(_cell(attacks[c]["loss_auc"]) for c in columns))
+        return
+    print(f"{'attack':<22}" + "".join(f"{c:>11}" for c in columns))
+    print(f"{'margin AUC':<22}" + "".join(_cell(attacks[c]["margin_auc"]) for c in columns))
+    print(f"{'offset constant':<22}" + "".join(_cell(attacks[c]["offset_constant"]) for c in columns))
+    print(f"{'offset flips others':<22}" + "".join(f"{attacks[c]['offset_flipped']:>11}" for c in columns))
+    steps = sorted({int(s) for c in columns for s in (attacks[c].get("relearned") or {})})
+    for s in steps:
+        print(f"{f'relearned {s} steps':<22}" + "".join(
+            _cell((attacks[c].get("relearned") or {}).get(s, (attacks[c].get("relearned") or {}).get(str(s))))
+            for c in columns))
 
 
 def print_ledger(ledger, rows: list, lineages: dict, files: dict, model_hash: str | None, *,

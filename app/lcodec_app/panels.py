@@ -62,11 +62,62 @@ def guarantee_text(result) -> str:
     return text
 
 
+def optimum_step_details(step: dict) -> None:
+    """The default (engine v3) step in plain words: what moved, how far the solve went, the
+    null control, and what the selected slices did."""
+    solve = step["solve"]
+    outside = step["feature_slices"]
+    lines = [
+        f"- **Rule**: {step['rule_text']}.",
+        f"- **Solve**: the retained objective's gradient on the head went from "
+        f"{solve['gradient_norm_start']:.2g} to {solve['gradient_norm']:.2g} in "
+        f"{solve['newton_steps']} Newton steps ({'converged' if solve['converged'] else 'not converged'}); "
+        f"{step['head_parameters']:,} head parameters moved by {step['step_norm']:.3g}.",
+        f"- **Null control**: the same solve with nothing removed moves the head "
+        f"{number(step['null_control_ratio'], '.2%')} as far (the model's own distance from its "
+        f"optimum, not the removal).",
+        f"- **Selected slices outside the head**: {', '.join(outside) if outside else 'none'}; "
+        + ("moved first by the targeted step." if step["feature_step"] else
+           "shown for what carries the person, not moved: measured, moving them changed no "
+           "attack (docs/BENCHMARKS.md)."),
+    ]
+    st.markdown("\n".join(lines))
+
+
+def attack_table(removal: Removal) -> None:
+    """The attacks the verdict read, one column per model (before, unlearned, retrained)."""
+    attacks = removal.attacks
+    if not attacks:
+        return
+    columns = [c for c in ("before", "unlearned", "retrained") if attacks.get(c)]
+    if attacks["unlearned"].get("kind") == "photos":
+        rows = [{"attack": "loss attack AUC (forgotten vs held-out report photos)",
+                 **{c: number(attacks[c].get("loss_auc"), ".2f") for c in columns}}]
+    else:
+        def relearned(c, s):
+            return pct((attacks[c].get("relearned") or {}).get(str(s)))
+        others = attacks["unlearned"].get("offset_others")
+        rows = [{"attack": "margin ranking AUC (their photos above everyone else's)",
+                 **{c: number(attacks[c].get("margin_auc"), ".2f") for c in columns}},
+                {"attack": "constant on their output that brings every photo back",
+                 **{c: number(attacks[c].get("offset_constant"), ".1f") for c in columns}},
+                {"attack": f"others that constant calls them (of {others})",
+                 **{c: str(attacks[c].get("offset_flipped")) for c in columns}}]
+        rows += [{"attack": f"photos back after {s} relearning steps",
+                  **{c: relearned(c, s) for c in columns}} for s in (2, 5, 10)]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    explain("Accuracy is not forgetting. These attacks read what accuracy hides; each is read "
+            "against a model retrained without the person, which the Audit page trains.")
+
+
 def step_details(result) -> None:
     """How the step was chosen, in plain words: the rule, its target, the null control and
     how much the curvature shaped the step. Nothing for a removal without a targeted step."""
     step = result.diagnostics.get("step")
     if not step:
+        return
+    if step.get("rule") == "retained_optimum":
+        optimum_step_details(step)
         return
     lines = [f"- **Rule**: {step.get('rule_text', step.get('rule', 'n/a'))}; damping "
              f"{number(step.get('damping'))}."]
@@ -110,6 +161,9 @@ def result_panel(bench: Workbench, removal: Removal, chart_key: str) -> None:
         f"{result.sigma:.3g}; took {timings.get('unlearn_s', 0):.1f} s (probe "
         f"{timings.get('probe_s', 0):.1f} s, select {timings.get('select_s', 0):.1f} s, step "
         f"{timings.get('newton_s', 0):.1f} s). Model hash {removal.hash_after[:12]}.")
+    if removal.attacks:
+        with st.expander("Attacks: hidden or removed?", icon=":material/search:"):
+            attack_table(removal)
     if result.diagnostics.get("step"):
         with st.expander("How the step was chosen", icon=":material/straighten:"):
             step_details(result)

@@ -75,7 +75,7 @@ def offset_attack(forgotten_logits: torch.Tensor, others_logits: torch.Tensor, k
 
 def relearn_attack(model: nn.Module, forgotten: ImageDataset, person_held_out: ImageDataset,
                    retain: ImageDataset, k: int, protocol: dict = RELEARN_PROTOCOL) -> dict:
-    """{steps: share of forgotten photos predicted k after that many Adam steps} (protocol in
+    """{"steps": share of forgotten photos predicted k after that many Adam steps} (protocol in
     :data:`RELEARN_PROTOCOL`); the model is not modified (a copy is fine-tuned)."""
     if len(person_held_out) == 0:
         return {}
@@ -101,7 +101,7 @@ def relearn_attack(model: nn.Module, forgotten: ImageDataset, person_held_out: I
         if step in protocol["steps"]:
             with torch.no_grad():
                 predicted = predict(attacked, forgotten.images).argmax(1)
-            results[step] = float((predicted == k).double().mean())
+            results[str(step)] = float((predicted == k).double().mean())
     return results
 
 

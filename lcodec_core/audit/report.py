@@ -52,6 +52,40 @@ def _table(audit: dict, rows: dict[str, str]) -> list[str]:
     return lines
 
 
+def _attack_section(report: dict) -> list[str]:
+    """The attacks that read what accuracy hides, one column per model (docs/ALGORITHM.md)."""
+    attacks = report.get("attacks")
+    if not attacks:
+        return []
+    columns = [c for c in ("before", "unlearned", "retrained") if attacks.get(c)]
+    lines = ["## Attacks: hidden or removed", "",
+             "Read against the retrained model, never against a fixed number. The verdict is "
+             "\"forgotten\" only when none of them tells the unlearned model from retraining.", "",
+             "| attack | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    first = attacks[columns[0]]
+    if first.get("kind") == "photos":
+        lines.append("| loss-attack AUC (forgotten vs report held-out photos) | "
+                     + " | ".join(_fmt(attacks[c].get("loss_auc")) for c in columns) + " |")
+        return lines + [""]
+    rows = {"margin_auc": "margin ranking AUC (their photos vs everyone else's)",
+            "offset_constant": "constant on their logit that brings every photo back",
+            "offset_flipped": f"other photos that constant calls them (of {first.get('offset_others')})"}
+    for key, label in rows.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(attacks[c].get(key)) for c in columns) + " |")
+    steps = sorted({int(s) for c in columns for s in (attacks[c].get("relearned") or {})})
+    for step in steps:
+        values = [(attacks[c].get("relearned") or {}) for c in columns]
+        lines.append(f"| share back after {step} relearning steps | "
+                     + " | ".join(_fmt(v.get(step, v.get(str(step)))) for v in values) + " |")
+    protocol = attacks.get("relearn_protocol") or {}
+    if protocol:
+        lines += ["", f"Relearning: {protocol.get('optimizer')} lr {protocol.get('lr')}, batch "
+                      f"{protocol.get('batch_size')}, on {protocol.get('person_photos')} mixed with "
+                      f"{protocol.get('retained_photos')} retained photos; "
+                      f"{protocol.get('mode')}."]
+    return lines + [""]
+
+
 def _distance_table(audit: dict) -> list[str]:
     lines = ["| split | KL original | KL unlearned | L1 original | L1 unlearned |",
              "|---|---:|---:|---:|---:|"]
@@ -164,6 +198,7 @@ def write_audit_report(report: dict, out_dir: str | Path, *, charts: bool = True
         "the retrained model misclassifies the forget set, so its AUC sits well below 0.5; "
         "the target is the retrained value.", "",
         *_table(audit, MEMBERSHIP), "",
+        *_attack_section(report), 
         "## Distance to the retrained model", "", *_distance_table(audit), "",
         "## Gradient norms", "", *_table(audit, GRADIENTS), "",
         "## Cost", "",

@@ -70,7 +70,8 @@ class LedgerRow(RemovalEntry):
 
 
 
-METRIC_KEYS = ("original", "before", "unlearned", "retrained", "timings", "guarantee", "verdict")
+METRIC_KEYS = ("original", "before", "unlearned", "retrained", "timings", "guarantee", "verdict",
+               "attacks")
 
 
 def removal_entry(*, model_before: str, model_after: str, dataset: str | None,
@@ -79,7 +80,8 @@ def removal_entry(*, model_before: str, model_after: str, dataset: str | None,
                   sigma: float | None, epsilon: float | None, delta: float | None,
                   before: dict, unlearned: dict, original: dict | None = None,
                   retrained: dict | None = None, timings: dict | None = None,
-                  verdict: dict | None = None, model_path: str | None = None) -> RemovalEntry:
+                  verdict: dict | None = None, model_path: str | None = None,
+                  attacks: dict | None = None) -> RemovalEntry:
     """The one constructor of a ledger row's :class:`RemovalEntry`, for every caller.
 
     Parameters
@@ -97,6 +99,8 @@ def removal_entry(*, model_before: str, model_after: str, dataset: str | None,
         defaults to ``before`` (the command line starts from the model it loaded).
     retrained : the same for a model retrained without the forget set, if one was trained.
     timings, verdict : the engine's timings and :meth:`lcodec_core.audit.verdict.Verdict.to_dict`.
+    attacks : the record's attacks (before, unlearned, retrained when compared) that the
+        verdict read; the held-out split's photo lists are left out of the row.
 
     ``metrics`` always holds every key of :data:`METRIC_KEYS` (None where unknown). Rows
     recorded before this layout may lack some: the command line's had no "before" (its
@@ -105,7 +109,9 @@ def removal_entry(*, model_before: str, model_after: str, dataset: str | None,
     certified = is_certified(guarantee, epsilon)
     metrics = {"original": before if original is None else original, "before": before,
                "unlearned": unlearned, "retrained": retrained, "timings": dict(timings or {}),
-               "guarantee": guarantee, "verdict": verdict}
+               "guarantee": guarantee, "verdict": verdict,
+               "attacks": None if attacks is None else
+               {k: v for k, v in attacks.items() if k != "held_out"}}
     return RemovalEntry(
         model_before=model_before, model_after=model_after, dataset=dataset,
         model_name=model_name, identity=identity, forget_indices=list(forget_indices),
@@ -127,4 +133,5 @@ def entry_from_record(record: dict, model_path: str | None = None) -> RemovalEnt
         guarantee=record["guarantee"], sigma=record.get("sigma"), epsilon=record.get("epsilon"),
         delta=record.get("delta"), original=record.get("original"), before=record["before"],
         unlearned=record["unlearned"], retrained=record.get("retrained"),
-        timings=record.get("timings"), verdict=record.get("verdict"), model_path=model_path)
+        timings=record.get("timings"), verdict=record.get("verdict"), model_path=model_path,
+        attacks=record.get("attacks"))
