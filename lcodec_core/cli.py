@@ -118,6 +118,7 @@ def _config_from_args(args):
         method=args.method, num_perturbations=args.perturbations,
         perturbation_std=args.perturbation_std, max_slices=args.max_slices, rhs=args.rhs,
         solver=args.solver, step_rule=args.step_rule, newton_steps=args.newton_steps,
+        feature_step=args.feature_step,
         epsilon=args.epsilon, delta=args.delta, noise_on=args.noise_on, seed=args.seed,
         allow_harmful_noise=args.allow_harmful_noise)
 
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model", default=None, help="zoo model name (default: the data set's)")
     prepare.set_defaults(run=cmd_prepare)
 
-    from .unlearning.config import METHODS, SOLVERS, UnlearnConfig
+    from .unlearning.config import METHODS, SOLVERS, STEP_RULES, UnlearnConfig
     defaults = UnlearnConfig()
 
     def removal_args(p, target_required: bool = True):
@@ -305,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--solver", default=defaults.solver, choices=SOLVERS,
                        help="curvature: fisher (default; per-sample gradients, fast for any layer) "
                             "or the exact Hessian: explicit, cg, auto (explicit for small blocks)")
-        p.add_argument("--step-rule", default=defaults.step_rule, choices=["target", "newton"],
-                       help="target (default): one step sized per request to the forget target; "
-                            "newton: damped Newton iterations (exact solvers)")
+        p.add_argument("--step-rule", default=defaults.step_rule, choices=STEP_RULES,
+                       help="optimum (default): the linear head to the optimum of the retained "
+                            "objective (removed, not hidden); target: engine v2's smallest step "
+                            "that meets the forget target (it hides); newton: damped Newton "
+                            "iterations (exact solvers)")
+        p.add_argument("--feature-step", action="store_true",
+                       help="with --step-rule optimum: also move the selected slices outside the "
+                            "head by the target step first (measured to change no attack)")
         p.add_argument("--newton-steps", type=int, default=defaults.newton_steps,
                        help="with --step-rule newton: at most this many steps")
         p.add_argument("--epsilon", type=float, default=None, help="(epsilon, delta) target; default: no noise")

@@ -159,6 +159,19 @@ def test_a_model_without_a_linear_head_is_refused_with_what_to_use():
                 UnlearnConfig(**FAST), weight_decay=LAM)
 
 
+def test_a_model_whose_output_is_not_its_heads_is_refused():
+    class Scaled(TinyNet):
+        def forward(self, x):
+            return 0.0 * super().forward(x) + x.flatten(1)[:, :3]
+    data = make_dataset(12)
+    model = Scaled()
+    before = state_copy(model)
+    with pytest.raises(ValueError, match="logits = head"):
+        unlearn(model, data.subset(range(3)), data.subset(range(3, 12)), UnlearnConfig(**FAST),
+                weight_decay=LAM)
+    assert_state_equal(model, before)
+
+
 # ---------------------------------------------------------------- attacks on known logits
 def test_margin_and_offset_by_hand():
     forgotten = torch.tensor([[0.0, 2.0, 1.0], [0.0, 5.0, 1.0]])   # class k = 0 needs +2 and +5

@@ -189,7 +189,7 @@ def test_a_removal_that_moves_nothing_is_unchanged_and_gets_no_noise(data):
     model = InertBlock(projection).eval()
     forget, retain = one_photo(train)
     before = state_copy(model)
-    config = UnlearnConfig(method="all", epsilon=1.0)
+    config = UnlearnConfig(method="all", epsilon=1.0, step_rule="target")
     result = unlearn(model, forget, retain, config, weight_decay=LAM)
     assert_state_equal(model, before)
     assert result.parameters_updated == 51 and result.parameter_share == 1.0     # all of fc
@@ -202,12 +202,14 @@ def test_a_removal_that_moves_nothing_is_unchanged_and_gets_no_noise(data):
 
 
 def test_an_empty_selection_is_unchanged(network, data, monkeypatch):
-    """The engine's no-slice branch (L-FOCI selected nothing), forced by an empty selection."""
+    """Engine v2's no-slice branch (L-FOCI selected nothing), forced by an empty selection. (The
+    v3 default moves the head whatever L-FOCI selects.)"""
     engine = importlib.import_module("lcodec_core.unlearning.unlearn")  # the package re-exports the function
     monkeypatch.setattr(engine, "select_slices", lambda *args, **kwargs: ([], {"candidates": 0}))
     forget, retain = one_photo(data[0])
     before = state_copy(network)
-    result = unlearn(network, forget, retain, CONFIG.with_(epsilon=1.0), weight_decay=LAM)
+    result = unlearn(network, forget, retain, CONFIG.with_(epsilon=1.0, step_rule="target"),
+                     weight_decay=LAM)
     assert_state_equal(network, before)
     assert result.selected_slices == [] and not result.changed
     assert result.sigma == 0.0 and result.guarantee == "unchanged"

@@ -1,4 +1,4 @@
-"""The default step rule (lcodec_core/unlearning/step_rule.py, lcodec_core/unlearning/forget_step.py): how far to step,
+"""The engine-v2 step rule "target" (lcodec_core/unlearning/step_rule.py, lcodec_core/unlearning/forget_step.py): how far to step,
 chosen per request by the forget target, with a guard on what must not change.
 
 - ``choose_step`` on synthetic closures with known thresholds: the smallest step meeting a
@@ -30,7 +30,7 @@ from lcodec_core.unlearning.unlearn import unlearn
 from lcodec_models import accuracy
 
 LAM = 1e-2
-CONFIG = UnlearnConfig(num_perturbations=20)
+CONFIG = UnlearnConfig(num_perturbations=20, step_rule="target")   # the engine-v2 rule this file tests
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 

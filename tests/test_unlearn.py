@@ -32,6 +32,9 @@ FAST = dict(num_perturbations=20, newton_steps=3)   # small probe, few Newton st
 # objective F_r. Tests of that iteration's own properties (F_r does not increase,
 # diagnostics["newton"]) pin it; tests of the generic contract run the default step rule.
 NEWTON = dict(step_rule="newton", solver="auto")
+# Engine v2's per-request step: the contract tests below run it (its block is the selection
+# alone, so "outside the block" is sharp); the v3 default has its own file, test_engine_v3.py.
+TARGET = dict(step_rule="target")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
@@ -87,7 +90,7 @@ def lfoci_run(problem):
     model, forget, retain = problem
     before = state_copy(model)
     events: list[dict] = []
-    config = UnlearnConfig(method="lfoci", max_slices=4, **FAST)
+    config = UnlearnConfig(method="lfoci", max_slices=4, **FAST, **TARGET)
     result = unlearn(model, forget, retain, config, on_progress=events.append, weight_decay=LAM)
     return model, before, result, events
 
@@ -103,10 +106,10 @@ def newton_run(problem):
 
 
 # ---------------------------------------------------------------- the contract
-def test_engine_v2_defaults():
+def test_engine_v3_defaults():
     config = UnlearnConfig()
-    assert (config.rhs, config.step_rule, config.solver, config.step_rounds) == \
-        ("forget_gradient", "target", "fisher", 4)
+    assert (config.rhs, config.step_rule, config.feature_step, config.solver, config.step_rounds) == \
+        ("forget_gradient", "optimum", False, "fisher", 4)
     assert config.epsilon is None and not config.allow_harmful_noise
 
 
@@ -157,7 +160,7 @@ def test_result_fields(lfoci_run):
 
 
 def test_default_step_report(lfoci_run):
-    """The default (Engine v2) step: g_U on the block, Fisher curvature, damping by the target."""
+    """The engine-v2 step: g_U on the block, Fisher curvature, damping by the target."""
     _, _, result, _ = lfoci_run
     assert "newton" not in result.diagnostics
     step = result.diagnostics["step"]
@@ -229,7 +232,7 @@ def noise_problem():
 
 
 def _noise_config(**changes) -> UnlearnConfig:
-    return UnlearnConfig(**{"method": "top1", **FAST, **NOISE, **changes})
+    return UnlearnConfig(**{"method": "top1", **FAST, **NOISE, **TARGET, **changes})
 
 
 def test_noise_on_block_only_touches_the_block(noise_problem):
@@ -278,10 +281,10 @@ def _assert_selection(model, result, method):
 
 
 @pytest.mark.parametrize("method", ["random", "top1", "all", "full-newton"])
-def test_selection_methods_keep_the_contract_with_the_default_step(problem, method):
+def test_selection_methods_keep_the_contract_with_the_target_step(problem, method):
     model, forget, retain = problem
     before = state_copy(model)
-    result = unlearn(model, forget, retain, UnlearnConfig(method=method, max_slices=4, **FAST),
+    result = unlearn(model, forget, retain, UnlearnConfig(method=method, max_slices=4, **FAST, **TARGET),
                      weight_decay=LAM)
     assert_state_equal(model, before)
     _assert_selection(model, result, method)
@@ -368,13 +371,13 @@ def test_cg_solver_with_curvature_subsample_keeps_the_contract(problem):
 
 
 @pytest.mark.parametrize("solver", ["explicit", "cg"])
-def test_exact_solvers_under_the_default_step_rule(problem, solver):
+def test_exact_solvers_under_the_target_step_rule(problem, solver):
     """step_rule "target" with the exact Hessian instead of the Fisher: the curvature is built
     on the curvature subsample, and the contract holds."""
     model, forget, retain = problem
     before = state_copy(model)
     config = UnlearnConfig(method="full-newton", solver=solver, cg_iterations=10,
-                           curvature_subsample=10, retain_subsample=20)
+                           curvature_subsample=10, retain_subsample=20, **TARGET)
     result = unlearn(model, forget, retain, config, weight_decay=LAM)
     assert_state_equal(model, before)
     step = result.diagnostics["step"]
@@ -498,7 +501,7 @@ def test_bad_input_is_refused_with_guidance(problem):
     assert all(name in str(error.value) for name in METHODS)
     with pytest.raises(ValueError, match="step_rule 'newton' iterates exact Newton steps"):
         UnlearnConfig(step_rule="newton", solver="fisher")
-    with pytest.raises(ValueError, match="step_rule must be 'target' or 'newton'"):
+    with pytest.raises(ValueError, match="step_rule must be one of optimum, target, newton"):
         UnlearnConfig(step_rule="armijo")
     with pytest.raises(ValueError, match="weight_decay"):
         unlearn(model, forget, retain, config)

@@ -76,7 +76,8 @@ SOLVER_LABELS = {
     "cg": "cg: conjugate gradients on Hessian-vector products",
 }
 STEP_RULE_LABELS = {
-    "target": "target: one step sized per request to meet the forget target",
+    "optimum": "optimum: the head to where training without them puts it (default)",
+    "target": "target: the smallest step that stops them being recognised (hides; engine v2)",
     "newton": "newton: damped Newton iterations on the kept photos",
 }
 EXACT_SOLVERS = ("auto", "explicit", "cg")  # what step rule "newton" can iterate with
@@ -120,10 +121,19 @@ def settings_form(key: str, defaults: UnlearnConfig, method_choice: bool = True)
         rule = st.selectbox(
             "Step rule", list(STEP_RULE_LABELS), index=list(STEP_RULE_LABELS).index(defaults.step_rule),
             key=rule_key, format_func=STEP_RULE_LABELS.get, on_change=rule_changed,
-            help="target (the default): the smallest step that meets the forget target (a removed "
-            "person is no longer recognised; single photos look like never-seen ones) while the "
-            "kept and held-out photos stay recognised. newton: up to 'Newton steps' damped Newton "
+            help="optimum (the default): the model's last layer moves to the best fit of the kept "
+            "photos alone, where a model trained without the removed ones would put it; attacks "
+            "cannot tell it from retraining. target: the smallest step that stops them being "
+            "recognised; it only hides them (one constant on their output brings them back): "
+            "keep it to show the difference. newton: up to 'Newton steps' damped Newton "
             "iterations on the kept photos' loss; it needs an exact solver (auto, explicit, cg).")
+        feature_step = defaults.feature_step
+        if rule == "optimum":
+            feature_step = st.toggle("Also move the selected slices", value=defaults.feature_step,
+                                     key=f"{key}_feature_step",
+                                     help="Move L-FOCI's slices outside the last layer by the "
+                                     "'target' step first. Measured: it changes no attack and "
+                                     "costs about a second (docs/BENCHMARKS.md).")
         if rule == "target":
             rounds = st.number_input("Step rounds", 1, 10, defaults.step_rounds, key=f"{key}_rounds",
                                      help="At most this many steps, each from the forgotten "
@@ -163,6 +173,7 @@ def settings_form(key: str, defaults: UnlearnConfig, method_choice: bool = True)
                               "is refused and nothing changes. Tick this to apply it on purpose.")
     return defaults.with_(method=method, num_perturbations=int(m), perturbation_std=float(std),
                           max_slices=int(max_slices), step_rule=rule, step_rounds=int(rounds),
+                          feature_step=bool(feature_step),
                           solver=solver, newton_steps=int(steps),
                           epsilon=float(epsilon) if noise else None, delta=float(delta),
                           allow_harmful_noise=bool(noise and wrecked), seed=int(seed))

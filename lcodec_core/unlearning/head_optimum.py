@@ -134,8 +134,14 @@ def retained_head_optimum(features: torch.Tensor, targets: torch.Tensor, weight:
     targets = targets.to(x.device)
     onehot = F.one_hot(targets, theta.shape[0]).double()
     lam = float(weight_decay)
-    _, probs = _objective(theta, x, targets, lam)
+    start_value, probs = _objective(theta, x, targets, lam)
     start_norm = float(_gradient(theta, x, onehot, probs, lam).norm())
+    if start_norm <= tolerance:          # already there: the head is returned bit for bit
+        return HeadOptimum(weight=weight.detach().double().clone(),
+                           bias=None if bias is None else bias.detach().double().clone(),
+                           newton_steps=0, cg_iterations=0, gradient_norm_start=start_norm,
+                           gradient_norm=start_norm, tolerance=tolerance, converged=True,
+                           objective=start_value)
     # The optimum lies in the row space of x (its gradient is lam times the part outside it):
     # solve in the coordinates of x's right singular vectors, where the features are
     # uncorrelated and a diagonal preconditioner captures their scales.

@@ -89,6 +89,18 @@ def head_name(model: nn.Module) -> str:
     return found[0]
 
 
+def _check_output_is_the_head(model, head, images, features) -> None:
+    """ValueError unless the model's logits are its head's output on these photos: the solve
+    minimises CE(head(features)), which is the model's loss only then."""
+    with torch.no_grad():
+        logits = model(images.to(next(model.parameters()).device)).cpu()
+        from_head = head(features.to(head.weight.device)).cpu()
+    if logits.shape != from_head.shape or not torch.allclose(logits, from_head, rtol=1e-3, atol=1e-4):
+        raise ValueError("step_rule 'optimum' needs the model's output to be its last nn.Linear "
+                         "layer's output (logits = head(features)); this model transforms it "
+                         "further: use step_rule 'target'")
+
+
 def _solve(features, targets, head, lam) -> HeadOptimum:
     return retained_head_optimum(features, targets, head.weight, head.bias, lam)
 
@@ -108,6 +120,7 @@ def retained_optimum_head(model: nn.Module, forget: ImageDataset, retain: ImageD
     retain_features = head_features(new_model, retain.images)                       # (N, d)
     forget_features = head_features(new_model, forget.images)                       # (k, d)
     features_s = time.perf_counter() - tick
+    _check_output_is_the_head(new_model, head, retain.images[:64], retain_features[:64])
     tick = time.perf_counter()
     solve = _solve(retain_features, retain.targets, head, weight_decay)
     everyone = _solve(torch.cat([retain_features, forget_features]),
