@@ -50,26 +50,29 @@ def test_identity_is_forgotten_and_the_rest_kept(removal):
 
 
 def test_report_has_the_default_step_guarantee_and_verdict(removal):
-    """Engine v2 defaults: the target step rule (a whole identity: rule removed_class), no noise
-    and so no guarantee, and a verdict read from the measured accuracies."""
+    """Engine v3 defaults: the head at the retained optimum (converged), no noise and so no
+    guarantee, the attacks beside the accuracies, and a verdict read from both."""
     _, report, _ = removal
     settings = report["settings"]
-    assert (settings["step_rule"], settings["solver"], settings["rhs"]) == ("target", "fisher", "forget_gradient")
+    assert (settings["step_rule"], settings["feature_step"]) == ("optimum", False)
     step = report["diagnostics"]["step"]
-    assert step["rule"] == "removed_class" and step["curvature"] == "fisher"
-    assert step["null_control"]["step_norm"] == 0.0
+    assert step["rule"] == "retained_optimum" and step["converged"] and step["head"] == "fc"
+    assert step["null_control"]["ratio"] < 0.01
+    assert report["attacks"]["unlearned"]["kind"] == "identity"
+    assert report["attacks"]["unlearned"]["relearned"]["10"] <= report["attacks"]["before"]["relearned"]["10"]
     assert "newton" not in report["diagnostics"]
     assert report["guarantee"] == "none" and report["guarantee_reasons"]
     verdict = report["verdict"]
     assert {"status", "ok", "headline", "advice"} <= set(verdict)
-    assert verdict["status"] in ("forgotten", "still_recognised", "damaged", "unchanged")
+    assert verdict["status"] in ("forgotten", "hidden", "still_recognised", "damaged", "unchanged")
     assert verdict["ok"] == (verdict["status"] == "forgotten")
 
 
 def test_summary_on_stdout_progress_on_stderr(removal):
     result, _, _ = removal
     assert "forget_accuracy" in result.stdout and "Request: forget identity 3" in result.stdout
-    assert "step: rule removed_class" in result.stdout
+    assert "step: the head (fc" in result.stdout and "retained optimum" in result.stdout
+    assert "relearned 10 steps" in result.stdout and "margin AUC" in result.stdout
     assert "guarantee: no noise, no guarantee" in result.stdout and "verdict: " in result.stdout
     assert "[  probe]" in result.stderr and "[ newton]" in result.stderr
 

@@ -23,7 +23,7 @@ def test_python_example_runs_and_forgets(trained_small_cnn):
     exec(compile(python_example(), str(README), "exec"), namespace)
     result, checkpoint = namespace["result"], namespace["checkpoint"]
     assert result.model is not checkpoint.model
-    assert result.diagnostics["step"]["null_control"]["ratio"] == 0.0
+    assert result.diagnostics["step"]["null_control"]["ratio"] < 0.01
     after = namespace["evaluate"](result.model, namespace["bundle"], namespace["request"])
     assert after["forget_accuracy"] == 0.0
     assert after["retain_accuracy"] >= 0.98

@@ -73,9 +73,8 @@ def test_the_person_is_forgotten_and_the_others_kept(removal):
     assert accuracy(result.model, others.images, others.targets) >= \
         accuracy(model, others.images, others.targets) - 0.03
     step = result.diagnostics["step"]
-    assert step["rule"] == "removed_class" and step["target_met"]
-    assert step["null_control"]["ratio"] == 0.0
-    assert step["suffix_traced"]
+    assert step["rule"] == "retained_optimum" and step["converged"] and step["head"] == "fc"
+    assert step["null_control"]["ratio"] < 0.05
 
 
 def test_batchnorm_buffers_are_bit_identical(removal):
@@ -92,7 +91,9 @@ def test_batchnorm_buffers_are_bit_identical(removal):
 def test_parameters_outside_the_block_are_bit_identical(removal):
     model, before, _, _, _, result = removal
     refs = {(s.module, s.index): s for s in enumerate_slices(model)}
-    rows = slice_parameter_rows(model, [refs[(s.module, s.index)] for s in result.selected_slices])
+    head = [s for s in enumerate_slices(model) if s.module == "fc"]        # v3: the whole head
+    rows = slice_parameter_rows(model, [refs[(s.module, s.index)] for s in result.selected_slices]
+                                + head)
     assert "fc.weight" in rows and 0 in rows["fc.weight"]   # the removed person's output unit
     moved = 0
     for name, value in result.model.named_parameters():

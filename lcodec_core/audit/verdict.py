@@ -32,11 +32,12 @@ OFFSET_FLIPS_SHARE_MIN = 0.5       # the restoring constant flips >= 0.5 x the r
 OFFSET_CONSTANT_SHARE_MIN = 0.7    # and needs >= 0.7 x the retrained constant
 RELEARN_EXCESS_MAX = 0.125         # relearned share <= retrained + 0.125 at every step count
 LOSS_AUC_TOLERANCE = 0.1           # scattered photos: |loss-attack AUC - retrained|
-# Without a reference: what no retrained model did in bench/bench_unlearn.py (40 identities,
-# two retrainings each; docs/BENCHMARKS.md, "Engine v3"): relearned after 10 steps at most 0.125,
-# the restoring constant flips at least 5 others. The thresholds leave a margin on both.
+# Without a reference only relearning is read: no retrained model in bench/bench_unlearn.py
+# brought a forgotten photo back in 10 steps (docs/BENCHMARKS.md, "Engine v3"), while how many
+# others the restoring constant flips depends on how separable the faces are (a retrained
+# ResNet-18 flips 5 of 390 Olivetti photos, the small CNN 5-388): margin and offset need a
+# retrained reference, which the Audit page and --compare retrain provide.
 NO_REFERENCE_RELEARN_MAX = 0.25
-NO_REFERENCE_OFFSET_FLIPS_MIN = 3
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,6 @@ def attack_findings(unlearned: dict, reference: dict | None = None, *,
         if late is not None and late > NO_REFERENCE_RELEARN_MAX:
             found.append(f"{late:.0%} of their forgotten photos come back after {max(relearned)} "
                          f"relearning steps on photos of them it never saw")
-        if flipped is not None and flipped < NO_REFERENCE_OFFSET_FLIPS_MIN:
-            found.append(f"adding {constant:.1f} to their output brings every forgotten photo back "
-                         f"while calling only {flipped} of {others} other photos them")
         return found
     tolerance = max(MARGIN_AUC_TOLERANCE, margin_spread)
     auc, ref_auc = unlearned.get("margin_auc"), reference.get("margin_auc")

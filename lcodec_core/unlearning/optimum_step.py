@@ -50,7 +50,7 @@ class OptimumReport:
     stationarity_head_gradient_norm : |grad F| of the head at w* (all training photos).
     feature_slices : the selected slices outside the head; feature_step : whether they moved
         (the v2 targeted step, ``config.feature_step``).
-    features_s, solve_s : seconds for the features and the solves.
+    (Clocks are not here: the engine's ``timings`` has ``head_features_s`` and ``head_solve_s``.)
     """
     head: str
     head_parameters: int
@@ -62,8 +62,6 @@ class OptimumReport:
     stationarity_head_gradient_norm: float
     feature_slices: list
     feature_step: bool
-    features_s: float
-    solve_s: float
     rule: str = "retained_optimum"
 
     @property
@@ -107,8 +105,9 @@ def _solve(features, targets, head, lam) -> HeadOptimum:
 
 def retained_optimum_head(model: nn.Module, forget: ImageDataset, retain: ImageDataset,
                           weight_decay: float, *, feature_slices: list = (),
-                          feature_step: bool = False) -> tuple[nn.Module, OptimumReport]:
-    """A copy of ``model`` whose head is at the retained optimum, and the report.
+                          feature_step: bool = False) -> tuple[nn.Module, OptimumReport, dict]:
+    """A copy of ``model`` whose head is at the retained optimum, the report, and the clocks
+    ``{"head_features_s", "head_solve_s"}``.
 
     ``model`` is not modified; its other layers are kept as they are (bit for bit).
     forget (k photos) only enters the null control; retain (N photos) is the objective.
@@ -144,6 +143,5 @@ def retained_optimum_head(model: nn.Module, forget: ImageDataset, retain: ImageD
         stationarity_head_gradient_norm=everyone.gradient_norm_start,
         feature_slices=[s.label if hasattr(s, "label") else f"{s.module}[{s.index}]"
                         for s in feature_slices],
-        feature_step=bool(feature_step and feature_slices),
-        features_s=features_s, solve_s=solve_s)
-    return new_model, report
+        feature_step=bool(feature_step and feature_slices))
+    return new_model, report, {"head_features_s": features_s, "head_solve_s": solve_s}

@@ -308,10 +308,12 @@ def _optimum_removal(model, forget, retain, held_out, config, lam, on_progress, 
     emit(on_progress, "newton", 0.5, f"moving the head ({head}) to the retained optimum")
 
     def solve():
-        new_model, report = retained_optimum_head(start, forget, retain, lam, feature_slices=outside,
-                                                  feature_step=config.feature_step)
-        return {k: v.detach() for k, v in new_model.named_parameters()}, report
-    params, report = shard.from_rank0(solve, "head optimum")   # one solve, every rank the same
+        new_model, report, clocks = retained_optimum_head(start, forget, retain, lam,
+                                                          feature_slices=outside,
+                                                          feature_step=config.feature_step)
+        return {k: v.detach() for k, v in new_model.named_parameters()}, report, clocks
+    params, report, clocks = shard.from_rank0(solve, "head optimum")   # one solve, every rank the same
+    timings.update(clocks)
     new_model = _with_params(model, params)
     diagnostics["step"] = report.to_dict()
     timings["newton_s"] = time.perf_counter() - tick
