@@ -21,12 +21,15 @@ RTOL = 1e-5
 # (explicit, Newton iterations with line search), Hessian-vector products (cg), and an uneven
 # split of the curvature rows (curvature_subsample).
 CASES = [
-    ("default", {}),
-    ("all_slices_gathered_rows", {"method": "all"}),
+    ("default", {}),                                   # v3: rank 0 solves the head, all receive it
+    ("feature_step", {"feature_step": True}),          # v3 with the target step on the slices first
+    ("target_fisher", {"step_rule": "target"}),
+    ("all_slices_gathered_rows", {"method": "all", "step_rule": "target"}),
     ("newton_explicit", {"step_rule": "newton", "solver": "explicit", "rhs": "retain_gradient",
                          "newton_steps": 2}),
-    ("target_cg", {"solver": "cg", "cg_iterations": 5}),
-    ("curvature_subsample", {"curvature_subsample": 23, "retain_subsample": 50}),
+    ("target_cg", {"step_rule": "target", "solver": "cg", "cg_iterations": 5}),
+    ("curvature_subsample", {"step_rule": "target", "curvature_subsample": 23,
+                             "retain_subsample": 50}),
 ]
 
 
@@ -118,7 +121,7 @@ def test_two_gloo_workers_equal_one_process_on_every_path(problem):
     assert distributed["evaluate"] == pytest.approx(expected, rel=RTOL, nan_ok=True)
     traffic = distributed["traffic"]
     for what in ("fisher_gram", "fisher_rows", "gradient", "hessian", "hvp", "loss",
-                 "accuracy", "selection", "block"):
+                 "accuracy", "selection", "block", "head optimum"):
         assert traffic.get(what, 0) > 0, f"no {what} was communicated: {traffic}"
 
 
