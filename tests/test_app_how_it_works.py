@@ -190,6 +190,8 @@ def test_page_explains_this_sessions_removal(trained):
     assert f"`{result.guarantee}`" in text and "no noise, no guarantee" in text
     verdict = removal.verdict
     assert any(verdict.headline in m.value for m in [*at.success, *at.warning, *at.error])
-    angle = step["curvature_effect"]["angle_deg"]
-    assert f"{angle:.1f}°" in text
-    assert not math.isnan(angle)
+    assert step["rule"] == "retained_optimum"
+    assert "removed, not hidden" in text and "best fit of the kept photos" in text
+    attacks = removal.attacks["unlearned"]
+    assert f"{attacks['offset_constant']:.1f}" in text       # this session's own numbers
+    assert "What the slices L-FOCI picked add" in text

@@ -72,6 +72,54 @@ def step_lines(step: dict) -> list[str]:
     return lines
 
 
+OPTIMUM_GENERAL = (
+    "The default step does not look for the smallest change that stops the model naming the "
+    "person. That change only lowers their output unit by about a constant: everything else "
+    "the model learnt about them stays, and one number added to that output, or a few training "
+    "steps on two new photos of them, brings them back. Instead the last layer (the head, which "
+    "turns the features into one score per person) moves to **the best fit of the kept photos "
+    "alone**: the optimum of the retained objective, the point a model trained without the "
+    "person would reach with the same features. For the head this problem is convex, so "
+    "Newton's method reaches that optimum exactly, in a fraction of a second.")
+
+SLICES_MEASURED = (
+    "What the slices L-FOCI picked add: measured on the default model (docs/BENCHMARKS.md, "
+    "\"What the L-FOCI slices add\"), moving them as well changed no attack result and cost "
+    "about a second more, and moving them alone (the old smallest step) left the person "
+    "recoverable. So they are shown as what carries the person, and only the head moves.")
+
+
+def optimum_lines(step: dict, attacks: dict | None = None) -> list[str]:
+    """The default (engine v3) step's report as plain-language bullet lines, with this
+    session's attack numbers when the removal has them."""
+    solve = step["solve"]
+    lines = [
+        f"- **The rule**: {step['rule_text']} (rule `{step['rule']}`).",
+        f"- **What moved**: the head `{step['head']}` ({step['head_parameters']:,} weights), by "
+        f"{number(step['step_norm'])} (its weights' size is {number(step['block_norm'])}).",
+        f"- **How far the solve went**: the retained objective's slope on the head fell from "
+        f"{number(solve['gradient_norm_start'])} to {number(solve['gradient_norm'])} in "
+        f"{solve['newton_steps']} Newton steps: {'at the optimum' if solve['converged'] else 'NOT at the optimum'}.",
+        f"- **The null control**: the same solve with nothing removed moves the head "
+        f"{number(step['null_control_ratio'], '.2%')} as far. Near 0 means the change comes from "
+        f"the removal, not from a model that was not at its optimum to begin with.",
+    ]
+    before, after = (attacks or {}).get("before"), (attacks or {}).get("unlearned")
+    if before and after and after.get("kind") == "identity":
+        relearned_before = (before.get("relearned") or {}).get("10")
+        relearned_after = (after.get("relearned") or {}).get("10")
+        lines.append(
+            f"- **Hidden or removed, on this removal**: before, {pct(relearned_before)} of their "
+            f"photos were named after 10 relearning steps; now {pct(relearned_after)}. The "
+            f"constant that brings every forgotten photo back is now "
+            f"{number(after.get('offset_constant'), '.1f')}, and it would also call "
+            f"{after.get('offset_flipped')} of {after.get('offset_others')} other photos them. "
+            f"A model retrained without them needs a large constant too and calls many others "
+            f"them: compare on the Audit page.")
+    lines.append(f"- **The slices L-FOCI picked**: {SLICES_MEASURED}")
+    return lines
+
+
 def curvature_figure(effect: dict | None) -> go.Figure | None:
     """Two arrows from the origin: the plain forget-gradient step (length 1, along x) and the
     step taken (at ``angle_deg``, length ``norm_ratio``). None when the numbers are missing."""

@@ -140,6 +140,8 @@ def settings_form(key: str, defaults: UnlearnConfig, method_choice: bool = True)
                                      "photos' gradient where the last one ended, until the target "
                                      "is met (usually one is enough).")
             steps = defaults.newton_steps
+        elif rule == "optimum":
+            rounds, steps = defaults.step_rounds, defaults.newton_steps
         else:
             rounds = defaults.step_rounds
             steps = st.number_input("Newton steps", 1, 20, defaults.newton_steps, key=f"{key}_steps",

@@ -108,14 +108,22 @@ if removal is not None:
         st.markdown(text)
 
 # 5 ------------------------------------------------------------------------------------------
-st.header("5. The step, and how much the curvature shaped it", divider="gray")
-st.markdown("The picked slices move by d = (H + mu I)⁻¹ g: **g** is the forgotten photos' pull "
-            "(the gradient of their loss), **H** the curvature (how the loss bends around the "
-            "trained weights) and **mu** the damping, which sets the step size. A rule picks the "
-            "smallest step that meets a target (for a person: the model no longer names them), "
-            "while a guard keeps everyone else's accuracy.")
 step = result.diagnostics.get("step") if result else None
-if step:
+if step is None or step.get("rule") == "retained_optimum":
+    st.header("5. The step: removed, not hidden", divider="gray")
+    st.markdown(teaching_outcome.OPTIMUM_GENERAL)
+else:
+    st.header("5. The step, and how much the curvature shaped it", divider="gray")
+    st.markdown("The picked slices move by d = (H + mu I)⁻¹ g: **g** is the forgotten photos' "
+                "pull (the gradient of their loss), **H** the curvature (how the loss bends "
+                "around the trained weights) and **mu** the damping, which sets the step size. "
+                "This rule ('target') picks the smallest step that meets a target (for a "
+                "person: the model no longer names them), while a guard keeps everyone else's "
+                "accuracy. That hides the person rather than removing them: the verdict's "
+                "attacks show it.")
+if step and step.get("rule") == "retained_optimum":
+    st.markdown("\n".join(teaching_outcome.optimum_lines(step, removal.attacks)))
+elif step:
     st.markdown("\n".join(teaching_outcome.step_lines(step)))
     figure = teaching_outcome.curvature_figure(step.get("curvature_effect"))
     if figure is not None:
