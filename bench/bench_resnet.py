@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lcodec_core.audit.attacks import request_attacks  # noqa: E402
 from lcodec_core.audit.comparison import membership_inference  # noqa: E402
 from lcodec_core.audit.evaluation import evaluate  # noqa: E402
 from lcodec_core.removal import remove  # noqa: E402
@@ -79,16 +80,16 @@ def prepare(dataset: str, device: str) -> tuple:
 
 
 def retrain_reference(checkpoint, bundle, request, device: str,
-                      seed_offset: int = 0) -> tuple[dict, dict, float]:
+                      seed_offset: int = 0) -> tuple[dict, dict, float, dict]:
     """The architecture retrained from scratch on the retained photos with the checkpoint's
     recipe (what :func:`lcodec_core.unlearning.baselines.retrain` does, on ``device``), its
-    seed moved by ``seed_offset``: (accuracies, MIA, seconds)."""
+    seed moved by ``seed_offset``: (accuracies, MIA, seconds, attacks)."""
     recipe = dataclasses.replace(checkpoint.recipe, seed=checkpoint.recipe.seed + seed_offset)
     start = time.perf_counter()
     model = train(recipe.model, request.retain, recipe, device=device).model
     seconds = time.perf_counter() - start
     return (evaluate(model, bundle, request), membership_inference(model, request, bundle.test, 0),
-            seconds)
+            seconds, request_attacks(model, bundle, request))
 
 
 def identity_row(checkpoint, bundle, identity: int, device: str, seed_control: bool) -> dict:
@@ -103,9 +104,12 @@ def identity_row(checkpoint, bundle, identity: int, device: str, seed_control: b
     end_to_end = time.perf_counter() - start
     report = record.to_json()
     step = report["diagnostics"].get("step") or {}
-    metrics_r, mia_r, retrain_s = retrain_reference(checkpoint, bundle, request, device)
-    control = retrain_reference(checkpoint, bundle, request, device, 1)[0] if seed_control else None
+    metrics_r, mia_r, retrain_s, attacks_r = retrain_reference(checkpoint, bundle, request, device)
+    second = retrain_reference(checkpoint, bundle, request, device, 1) if seed_control else None
+    control = second[0] if second else None
     return {
+        "attacks": {"original": report["attacks"]["before"], "unlearned": report["attacks"]["unlearned"],
+                    "retrained": attacks_r, "retrained2": second[3] if second else None},
         "identity": identity, "forget_photos": len(request.forget),
         "original": report["original"], "unlearned": report["unlearned"], "retrained": metrics_r,
         "retrained_next_seed": control,
@@ -175,6 +179,23 @@ def summarise(rows: list[dict]) -> str:
         f"| speed-up over retraining (retrain_s / unlearn_s) | {_stat(speedup)} | >= {t['speedup']:.0f}x | {_verdict(speedup, t['speedup'], False, 'x')} |",
         f"| peak RSS during the removal (MB) | {_stat(memory)} | <= {t['peak_memory_mb']:.0f} | {_verdict(memory, t['peak_memory_mb'], unit=' MB')} |",
     ]
+    from bench.bench_unlearn import attack_checks
+    attacked = [r for r in rows if r["attacks"].get("retrained2")]
+    if attacked:
+        checks = [attack_checks(r) for r in attacked]
+        a = [r["attacks"] for r in attacked]
+        def pair(key, digits=2):
+            return "; ".join(f"{x['unlearned'][key]:.{digits}f} / {x['retrained'][key]:.{digits}f} / "
+                             f"{x['retrained2'][key]:.{digits}f}" for x in a)
+        lines += [
+            f"| margin AUC: unlearned / retrained / retrained (next seed), per identity | {pair('margin_auc')} | within max(0.15, retrainings' gap) | {sum(c['margin'] for c in checks)}/{len(checks)} |",
+            f"| offset constant: same | {pair('offset_constant', 1)} | >= 0.7x retrained | {sum(c['offset_constant'] for c in checks)}/{len(checks)} |",
+            f"| others flipped by it: same | {pair('offset_flipped', 0)} | >= 0.5x retrained | {sum(c['offset_flipped'] for c in checks)}/{len(checks)} |",
+            f"| relearned after 10 steps: same | " + "; ".join(
+                f"{float(x['unlearned']['relearned']['10']):.2f} / {float(x['retrained']['relearned']['10']):.2f} / "
+                f"{float(x['retrained2']['relearned']['10']):.2f}" for x in a)
+            + f" | <= retrained + 0.125 at 2, 5, 10 | {sum(c['relearn'] for c in checks)}/{len(checks)} |",
+        ]
     phases = {k: statistics.median(r["timings"][k] for r in rows)
               for k in ("probe_s", "select_s", "newton_s")}
     lines += ["", f"Identities {[r['identity'] for r in rows]}; verdict 'forgotten' in "

@@ -170,6 +170,9 @@ def test_default_step_report(lfoci_run):
     assert step["rule"] == "undamped"                   # scattered photos, no held-out reference
     assert isinstance(step["target_met"], bool) and isinstance(step["guard_limited"], bool)
     assert 1 <= len(step["rounds"]) <= result.config.step_rounds
+    # the reported round is the round kept (a rejected last round is never reported)
+    assert (step["damping"], step["target_met"]) == (step["rounds"][-1]["damping"],
+                                                     step["rounds"][-1]["target_met"])
     assert step["step_norm"] > 0 and math.isfinite(step["step_norm"])
     assert step["null_control"]["step_norm"] == 0.0
     assert {"angle_deg", "norm_ratio"} <= set(step["curvature_effect"])

@@ -145,6 +145,7 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
             # sees what breaks them; measured again where the guard stopped us, it does.
             curvature = FisherCurvature(objective.per_sample_gradients(v), lam, objective.shard)
     step = v - v0
+    choice = choices[-1]       # the round kept: a round rejected above is never reported
     first_damping = choices[0].damping
     control = curvature.solve(control_rhs, first_damping)
     step_norm, control_norm = float(step.norm()), float(control.norm())
@@ -166,6 +167,5 @@ def targeted_step(objective: BlockObjective, forget: ImageDataset, held_out: Ima
                          "ratio": float(grad_full.norm()) / max(float(g_forget.norm()), 1e-300)},
         "suffix_traced": objective.split.traced,
     }
-    choice = choices[-1]
     emit(1.0, f"step chosen by rule '{choice.rule}' (target {'met' if choice.target_met else 'not met'})")
     return v, report
