@@ -148,6 +148,10 @@ def _removal_row(checkpoint, bundle, request, seed, reference, kind, label, conf
     }
 
 
+def _number(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 ABLATIONS = {
     "default (L-FOCI selects, head to the retained optimum)": {},
     "L-FOCI only (engine v2 'target' step)": {"step_rule": "target"},
@@ -175,10 +179,10 @@ def run(identities, seeds, draws, out: Path, *, ablation: bool = False) -> list[
                 attack = f"loss auc {a['unlearned']['loss_auc']:.2f}/{a['retrained']['loss_auc']:.2f}"
             control = row["non_member_control"] or {}
             print(f"{row['label']:>28} seed {row['seed']} {row.get('variant', '')}: forget "
-                  f"{u['forget_accuracy']:.3f} held-out {u['forget_test_accuracy'] or float('nan'):.3f} retain "
+                  f"{u['forget_accuracy']:.3f} held-out {_number(u['forget_test_accuracy'])} retain "
                   f"{u['retain_accuracy']:.3f} test {u['test_accuracy']:.3f} (orig "
                   f"{row['original']['test_accuracy']:.3f}) {attack} control "
-                  f"{control.get('ratio') or float('nan'):.3g} {row['unlearn_s']:.2f} s "
+                  f"{_number(control.get('ratio'), '.3g')} {row['unlearn_s']:.2f} s "
                   f"[{row['verdict']}] load {row['load_average']:.1f}", file=sys.stderr, flush=True)
 
         for identity in identities:
@@ -238,6 +242,31 @@ def _verdict(worst: float, limit: float, larger_is_worse: bool = True) -> str:
 
 
 OTHERS_HELD_OUT = 78     # held-out photos of the 39 other people: one photo is 1/78
+
+
+def verdict_of(row: dict, with_reference: bool) -> str:
+    """The record's verdict (:func:`lcodec_core.audit.verdict.judge`, recomputed from the row
+    with this checkout's rules): as ``remove`` returns it (no reference), or once compared with
+    retraining (the Audit page, ``--compare retrain``), reading the attacks against the first
+    retraining with the two retrainings' margin-AUC gap as the spread."""
+    from lcodec_core.audit.verdict import judge
+    a = row["attacks"]
+    attacks = {"unlearned": a["unlearned"]}
+    if with_reference:
+        spread = (abs(a["retrained"]["margin_auc"] - a["retrained2"]["margin_auc"])
+                  if a["unlearned"].get("kind") == "identity" else 0.0)
+        attacks.update(retrained=a["retrained"], margin_spread=spread)
+    return judge(row["original"], row["unlearned"], identity=row["identity"],
+                 step={"rule": row["rule"], "target_met": row["target_met"]},
+                 attacks=attacks).status
+
+
+def _verdicts(rows: list[dict]) -> str:
+    def counts(with_reference):
+        found = [verdict_of(r, with_reference) for r in rows]
+        return ", ".join(f"'{v}' {found.count(v)}" for v in dict.fromkeys(found))
+    return (f"verdicts as `remove` returns them (no reference): {counts(False)}; once compared "
+            f"with retraining: {counts(True)}")
 
 
 def attack_checks(row: dict) -> dict:
@@ -313,10 +342,8 @@ def summarise_identities(rows: list[dict]) -> str:
         f"retrained models' allocator cache) | {_stat(memory)} | | |",
         "",
         f"Runs: {len(rows)} ({len({r['identity'] for r in rows})} identities x "
-        f"{len({r['seed'] for r in rows})} seeds); verdict 'forgotten' in "
-        f"{sum(r['verdict'] == 'forgotten' for r in rows)}, 'hidden' in "
-        f"{sum(r['verdict'] == 'hidden' for r in rows)}; every attack target met in "
-        f"{sum(all(c.values()) for c in checks)}.",
+        f"{len({r['seed'] for r in rows})} seeds); every attack target met in "
+        f"{sum(all(c.values()) for c in checks)}; {_verdicts(rows)}.",
     ]
     return "\n".join(lines)
 
@@ -341,8 +368,7 @@ def summarise_scattered(rows: list[dict]) -> str:
         f"| unlearn_s (engine) | {_stat(seconds)} | <= 2 s | {_verdict(max(seconds), 2.0)} |",
         "",
         f"Draws: {len(rows)}; forget accuracy unlearned {_stat([r['unlearned']['forget_accuracy'] for r in rows])}, "
-        f"retrained {_stat([r['retrained']['forget_accuracy'] for r in rows])}; verdict 'forgotten' in "
-        f"{sum(r['verdict'] == 'forgotten' for r in rows)}.",
+        f"retrained {_stat([r['retrained']['forget_accuracy'] for r in rows])}; {_verdicts(rows)}.",
     ]
     return "\n".join(lines)
 
@@ -357,6 +383,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ablation", action="store_true",
                         help="also run 'L-FOCI only' and 'L-FOCI + head' (what the L-FOCI slices add)")
     parser.add_argument("--no-memory", action="store_true", help="skip the CLI peak-memory runs")
+    parser.add_argument("--from-jsonl", type=Path, default=None,
+                        help="summarise the runs of an earlier --out file instead of running")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     identities = args.identities[:5] if args.quick else args.identities
@@ -364,7 +392,11 @@ def main(argv=None) -> int:
     draws = min(args.draws, 2) if args.quick else args.draws
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_start = os.getloadavg()[0]
-    rows = run(identities, seeds, draws, args.out, ablation=args.ablation)
+    if args.from_jsonl:
+        rows = [json.loads(line) for line in args.from_jsonl.read_text().splitlines() if line.strip()]
+        args.no_memory = True
+    else:
+        rows = run(identities, seeds, draws, args.out, ablation=args.ablation)
     if not args.no_memory and identities:
         memory_mb, baseline_mb = cli_peak_memory_mb(identities[:3])
         for row in rows:

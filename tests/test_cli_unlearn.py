@@ -64,7 +64,8 @@ def test_report_has_the_default_step_guarantee_and_verdict(removal):
     assert report["guarantee"] == "none" and report["guarantee_reasons"]
     verdict = report["verdict"]
     assert {"status", "ok", "headline", "advice"} <= set(verdict)
-    assert verdict["status"] in ("forgotten", "hidden", "still_recognised", "damaged", "unchanged")
+    assert verdict["status"] in ("forgotten", "hidden", "unconfirmed", "still_recognised",
+                                 "damaged", "unchanged")
     assert verdict["ok"] == (verdict["status"] == "forgotten")
 
 

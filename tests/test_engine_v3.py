@@ -216,7 +216,7 @@ def test_held_out_split_alternates_per_class_and_is_disjoint():
 
 # ---------------------------------------------------------------- the verdict reads attacks
 HIDDEN = {"kind": "identity", "margin_auc": 1.0, "offset_constant": 8.3, "offset_flipped": 0,
-          "offset_others": 390, "relearned": {"2": 0.0, "5": 0.25, "10": 0.75}}
+          "offset_others": 390, "relearned": {"2": 0.0, "5": 0.25, "10": 1.0}}
 REMOVED = {"kind": "identity", "margin_auc": 0.99, "offset_constant": 13.2, "offset_flipped": 3,
            "offset_others": 390, "relearned": {"2": 0.0, "5": 0.0, "10": 0.0}}
 RETRAINED = {"kind": "identity", "margin_auc": 0.997, "offset_constant": 13.0, "offset_flipped": 5,
@@ -236,6 +236,20 @@ def test_a_hidden_person_is_never_called_forgotten():
                         attacks={"unlearned": HIDDEN, "retrained": reference})
         assert verdict.status == "hidden" and not verdict.ok
         assert "relearning" in verdict.headline and verdict.advice
+
+
+def test_without_a_reference_relearning_between_usual_and_worst_retraining_is_unconfirmed():
+    """Retrained models brought back up to 75% of one person (docs/BENCHMARKS.md): without a
+    reference 50% is neither forgotten nor hidden; the same numbers against a retrained model
+    that relearns nothing are hidden, against one that relearns 50% too, forgotten."""
+    half = {**REMOVED, "relearned": {"2": 0.0, "5": 0.0, "10": 0.5}}
+    alone = judge(**ACCURATE, identity=5, attacks={"unlearned": half})
+    assert alone.status == "unconfirmed" and not alone.ok and "Audit page" in alone.advice[0]
+    assert judge(**ACCURATE, identity=5,
+                 attacks={"unlearned": half, "retrained": RETRAINED}).status == "hidden"
+    relearns = {**RETRAINED, "relearned": {"2": 0.0, "5": 0.0, "10": 0.5}}
+    assert judge(**ACCURATE, identity=5,
+                 attacks={"unlearned": half, "retrained": relearns}).status == "forgotten"
 
 
 def test_a_removal_that_agrees_with_retraining_is_forgotten():

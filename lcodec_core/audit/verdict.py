@@ -32,17 +32,22 @@ OFFSET_FLIPS_SHARE_MIN = 0.5       # the restoring constant flips >= 0.5 x the r
 OFFSET_CONSTANT_SHARE_MIN = 0.7    # and needs >= 0.7 x the retrained constant
 RELEARN_EXCESS_MAX = 0.125         # relearned share <= retrained + 0.125 at every step count
 LOSS_AUC_TOLERANCE = 0.1           # scattered photos: |loss-attack AUC - retrained|
-# Without a reference only relearning is read: no retrained model in bench/bench_unlearn.py
-# brought a forgotten photo back in 10 steps (docs/BENCHMARKS.md, "Engine v3"), while how many
-# others the restoring constant flips depends on how separable the faces are (a retrained
-# ResNet-18 flips 5 of 390 Olivetti photos, the small CNN 5-388): margin and offset need a
-# retrained reference, which the Audit page and --compare retrain provide.
-NO_REFERENCE_RELEARN_MAX = 0.25
+# Without a reference only relearning is read, against what retrained models did in
+# bench/bench_unlearn.py (40 identities, two retrainings each, docs/BENCHMARKS.md "Engine v3"):
+# RETRAINED_RELEARN_USUAL of the forgotten photos back after 10 steps or fewer in almost every
+# retraining, RETRAINED_RELEARN_MOST in the worst one (a person whose never-seen photos look
+# like their training photos). Above the worst: hidden. In between: not confirmed until it is
+# compared with retraining. How many others a constant flips depends on how separable the
+# faces are (a retrained ResNet-18 flips 5 of 390 Olivetti photos, the small CNN 5-388), so
+# margin and offset are read only against a retrained reference.
+RETRAINED_RELEARN_USUAL = 0.125
+RETRAINED_RELEARN_MOST = 0.75
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """status: "forgotten", "hidden", "still_recognised", "damaged" or "unchanged"; ``ok`` only for
+    """status: "forgotten", "hidden", "unconfirmed", "still_recognised", "damaged" or
+    "unchanged"; ``ok`` only for
     "forgotten"; ``headline`` one plain sentence; ``advice`` what to try next (may be empty)."""
     status: str
     ok: bool
@@ -80,9 +85,10 @@ def attack_findings(unlearned: dict, reference: dict | None = None, *,
     others = unlearned.get("offset_others")
     if reference is None:
         late = relearned.get(max(relearned)) if relearned else None
-        if late is not None and late > NO_REFERENCE_RELEARN_MAX:
+        if late is not None and late > RETRAINED_RELEARN_MOST:
             found.append(f"{late:.0%} of their forgotten photos come back after {max(relearned)} "
-                         f"relearning steps on photos of them it never saw")
+                         f"relearning steps on photos of them it never saw (retrained models: "
+                         f"at most {RETRAINED_RELEARN_MOST:.0%})")
         return found
     tolerance = max(MARGIN_AUC_TOLERANCE, margin_spread)
     auc, ref_auc = unlearned.get("margin_auc"), reference.get("margin_auc")
@@ -175,10 +181,26 @@ def _hidden(who: str, attacks: dict | None) -> Verdict | None:
     found = attack_findings(attacks["unlearned"], reference,
                             margin_spread=attacks.get("margin_spread") or 0.0)
     if not found:
-        return None
+        return _unconfirmed(who, attacks["unlearned"]) if reference is None else None
     against = "than a model retrained without them" if reference else "than retrained models do"
     return Verdict("hidden", False,
                    f"Hidden, not removed: {who} is no longer predicted, but attacks still find "
                    f"more of them {against}: " + "; ".join(found) + ".",
                    ["use the default step rule 'optimum' (the head at the retained optimum)",
                     "compare with retraining on the Audit page"])
+
+
+def _unconfirmed(who: str, unlearned: dict) -> Verdict | None:
+    """Without a reference: relearning above what retrained models usually show, but not above
+    the most any did, cannot be judged either way until compared with retraining."""
+    relearned = _steps(unlearned.get("relearned"))
+    late = relearned.get(max(relearned)) if relearned else None
+    if late is None or late <= RETRAINED_RELEARN_USUAL:
+        return None
+    return Verdict("unconfirmed", False,
+                   f"Not confirmed: {who} is no longer predicted, but {late:.0%} of their forgotten "
+                   f"photos come back after {max(relearned)} relearning steps. Retrained models "
+                   f"usually bring back at most {RETRAINED_RELEARN_USUAL:.0%} and at worst "
+                   f"{RETRAINED_RELEARN_MOST:.0%}: only a comparison with retraining can say "
+                   f"whether this is forgetting.",
+                   ["compare with retraining on the Audit page (or --compare retrain)"])
