@@ -269,10 +269,12 @@ def _verdicts(rows: list[dict]) -> str:
             f"with retraining: {counts(True)}")
 
 
-def attack_checks(row: dict) -> dict:
-    """Each attack target of one identity run: True when met (docs/BENCHMARKS.md)."""
+def attack_checks(row: dict, model: str = "unlearned") -> dict:
+    """Each attack target of one identity run: True when met (docs/BENCHMARKS.md). With
+    ``model="retrained2"`` the second retraining is judged the same way against the first:
+    the control that shows how often retraining itself would miss these targets."""
     a = row["attacks"]
-    u, r, r2 = a["unlearned"], a["retrained"], a["retrained2"]
+    u, r, r2 = a[model], a["retrained"], a["retrained2"]
     spread = abs(r["margin_auc"] - r2["margin_auc"])
     return {
         "margin": abs(u["margin_auc"] - r["margin_auc"]) <= max(0.15, spread) + 1e-12,
@@ -287,9 +289,10 @@ def summarise_identities(rows: list[dict]) -> str:
     forget = [r["unlearned"]["forget_accuracy"] for r in rows]
     held = [r["unlearned"]["forget_test_accuracy"] for r in rows]
     retain_ratio = [r["unlearned"]["retain_accuracy"] / r["original"]["retain_accuracy"] for r in rows]
-    test_drop = [(r["original"]["test_accuracy"] - r["unlearned"]["test_accuracy"]) * OTHERS_HELD_OUT
+    test_drop = [round((r["original"]["test_accuracy"] - r["unlearned"]["test_accuracy"]) * OTHERS_HELD_OUT)
                  for r in rows]
     checks = [attack_checks(r) for r in rows]
+    control_checks = [attack_checks(r, "retrained2") for r in rows]
     a = [r["attacks"] for r in rows]
     margin_gap = [abs(x["unlearned"]["margin_auc"] - x["retrained"]["margin_auc"]) for x in a]
     retrain_margin_gap = [abs(x["retrained2"]["margin_auc"] - x["retrained"]["margin_auc"]) for x in a]
@@ -308,8 +311,11 @@ def summarise_identities(rows: list[dict]) -> str:
     cli_memory, baseline = rows[0].get("cli_peak_memory_mb"), rows[0].get("import_torch_memory_mb")
     def count(key):
         met = sum(c[key] for c in checks)
-        return f"{met}/{len(checks)}" + ("" if met == len(checks) else " (**missed** in "
-                                         f"{len(checks) - met})")
+        missed = sorted({r["identity"] for r, c in zip(rows, checks) if not c[key]})
+        control = sum(c[key] for c in control_checks)
+        return (f"{met}/{len(checks)}" + ("" if met == len(checks) else
+                                         f" (**missed** in {len(checks) - met}: identities {missed})")
+                + f"; control, 2nd retraining against the 1st: {control}/{len(control_checks)}")
     lines = [
         "| quantity | mean ± sd (min, max) | target | verdict |",
         "|---|---|---|---|",
@@ -322,7 +328,7 @@ def summarise_identities(rows: list[dict]) -> str:
         f"| offset: others flipped / retrained's | {_stat(flips_ratio)} | >= 0.5 | {count('offset_flips')} |",
         f"| offset: constant / retrained's | {_stat(constant_ratio)} | >= 0.7 | {count('offset_constant')} |",
         f"| relearned share minus retrained's (worst of 2, 5, 10 steps) | {_stat(relearn_excess)} | <= 0.125 | {count('relearn')} |",
-        f"| retrained models: relearned after 10 steps | {_stat(retrained_relearn)} | (verdict without a reference: <= 0.25) | |",
+        f"| retrained models: relearned after 10 steps | {_stat(retrained_relearn)} | (verdict without a reference: 'unconfirmed' above 0.125, 'hidden' above 0.75) | {sum(x > 0.125 for x in retrained_relearn)} of {len(retrained_relearn)} above 0.125 |",
         f"| retrained models: others flipped by the restoring constant | {_stat(retrained_flips)} | | |",
         f"| non-member control: step / real step | {_stat(controls) if controls else 'n/a'} | <= 0.1 | "
         f"{_verdict(max(controls), 0.1) if controls else 'n/a'} |",
@@ -332,7 +338,8 @@ def summarise_identities(rows: list[dict]) -> str:
         f"worst {_verdict(max(seconds), 2.0)} |",
         f"| end to end (engine + evaluation + attacks) | {_stat(end_to_end)} | | |",
         f"| speed-up over retraining | {_stat(speedup)} | >= 10x | "
-        f"{_verdict(min(speedup), 10, False)} (median {statistics.median(speedup):.1f}x) |",
+        f"{_verdict(min(speedup), 10, False)} in {sum(x < 10 for x in speedup)} of {len(speedup)} "
+        f"(median {statistics.median(speedup):.1f}x) |",
     ]
     if cli_memory is not None:
         lines.append(f"| peak memory of `lcodec unlearn` minus `import torch` alone (MB) | {cli_memory - baseline:.0f} "
@@ -352,7 +359,8 @@ def summarise_scattered(rows: list[dict]) -> str:
     loss_gap = [r["attacks"]["unlearned"]["loss_auc"] - r["attacks"]["retrained"]["loss_auc"] for r in rows]
     retrain_gap = [abs(r["attacks"]["retrained2"]["loss_auc"] - r["attacks"]["retrained"]["loss_auc"])
                    for r in rows]
-    test_drop = [(r["original"]["test_accuracy"] - r["unlearned"]["test_accuracy"]) * 80 for r in rows]
+    test_drop = [round((r["original"]["test_accuracy"] - r["unlearned"]["test_accuracy"]) * 80) for r in rows]
+    retrain_drop = [round((r["original"]["test_accuracy"] - r["retrained"]["test_accuracy"]) * 80) for r in rows]
     controls = [r["non_member_control"]["ratio"] for r in rows if r.get("non_member_control")]
     seconds = [r["unlearn_s"] for r in rows]
     mean_gap = abs(statistics.fmean(loss_gap))
@@ -362,7 +370,9 @@ def summarise_scattered(rows: list[dict]) -> str:
         f"| loss-attack AUC (report photos) - retrained's | {_stat(loss_gap)} | abs(mean) <= 0.1 | "
         f"{_verdict(mean_gap, 0.1)} (abs(mean) {mean_gap:.3f}) |",
         f"| two retrainings' loss-attack AUC gap | {_stat(retrain_gap)} | | |",
-        f"| held-out photos lost against the original | {_stat(test_drop)} | <= 1 photo | {_verdict(max(test_drop), 1.0)} |",
+        f"| held-out photos lost against the original | {_stat(test_drop)} | <= 1 photo | {_verdict(max(test_drop), 1.0)} "
+        f"in {sum(x > 1 for x in test_drop)} of {len(test_drop)} |",
+        f"| control: held-out photos the retrained model loses against the original | {_stat(retrain_drop)} | | |",
         f"| non-member control: step / real step | {_stat(controls) if controls else 'n/a'} | <= 0.1 | "
         f"{_verdict(max(controls), 0.1) if controls else 'n/a'} |",
         f"| unlearn_s (engine) | {_stat(seconds)} | <= 2 s | {_verdict(max(seconds), 2.0)} |",
