@@ -190,7 +190,7 @@ def summarise(rows: list[dict]) -> str:
         lines += [
             f"| margin AUC: unlearned / retrained / retrained (next seed), per identity | {pair('margin_auc')} | within max(0.15, retrainings' gap) | {sum(c['margin'] for c in checks)}/{len(checks)} |",
             f"| offset constant: same | {pair('offset_constant', 1)} | >= 0.7x retrained | {sum(c['offset_constant'] for c in checks)}/{len(checks)} |",
-            f"| others flipped by it: same | {pair('offset_flipped', 0)} | >= 0.5x retrained | {sum(c['offset_flipped'] for c in checks)}/{len(checks)} |",
+            f"| others flipped by it: same | {pair('offset_flipped', 0)} | >= 0.5x retrained | {sum(c['offset_flips'] for c in checks)}/{len(checks)} |",
             f"| relearned after 10 steps: same | " + "; ".join(
                 f"{float(x['unlearned']['relearned']['10']):.2f} / {float(x['retrained']['relearned']['10']):.2f} / "
                 f"{float(x['retrained2']['relearned']['10']):.2f}" for x in a)

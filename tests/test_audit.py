@@ -193,11 +193,20 @@ def test_cli_unlearn_compare_retrain_adds_audit_and_audit_writes_the_report(trai
     assert set(unlearned["kl_to_retrained"]) == {"forget", "retain", "test"}
     assert unlearned["weight_distance"] > 0 and unlearned["residual_grad_norm"] > 0
     assert "mia_auc" in run.stdout
+    # the attacks on the three models, and the verdict that reads them against retraining:
+    # five epochs of fine-tuning hide the person (a few relearning steps bring them back)
+    attacks = report["attacks"]
+    assert {"before", "unlearned", "retrained"} <= set(attacks)
+    assert attacks["retrained"]["relearned"]["10"] <= 0.125
+    assert report["verdict"]["status"] == "hidden", report["verdict"]["headline"]
+    assert "retrained" in report["verdict"]["headline"]
+    assert "relearned 10 steps" in run.stdout
 
     audit = run_cli("audit", str(result_json), "--no-charts")
     assert audit.returncode == 0, audit.stderr
     markdown = (tmp_path / "result-audit" / "audit.md").read_text()
     assert "identity 5" in markdown and f"{unlearned['mia_auc']:.3f}" in markdown
+    assert "## Attacks: hidden or removed" in markdown and "relearning steps" in markdown
 
 
 def test_cli_audit_errors_are_one_line(tmp_path):
