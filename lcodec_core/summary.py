@@ -34,8 +34,8 @@ def print_summary(report: dict) -> None:
         print("KL(retrained || unlearned): " + ", ".join(f"{s} {v:.3g}" for s, v in kl.items())
               + f"; relative weight distance {audit['unlearned']['weight_distance']:.3g}")
     slices = ", ".join(f"{s['module']}[{s['index']}]" for s in report["selected_slices"][:12])
-    print(f"{len(report['selected_slices'])} slice(s): {slices}; {report['parameters_updated']} "
-          f"parameters ({100 * report['parameter_share']:.2f}% of the model); sigma {report['sigma']:.3g}")
+    print(f"{len(report['selected_slices'])} slice(s) selected: {slices}; {report['parameters_updated']} "
+          f"parameters updated ({100 * report['parameter_share']:.2f}% of the model); sigma {report['sigma']:.3g}")
     step = report["diagnostics"].get("step")
     if step and step.get("rule") == "retained_optimum":
         solve = step["solve"]

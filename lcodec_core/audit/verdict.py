@@ -151,7 +151,7 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
             return Verdict("forgotten", True,
                            f"Forgotten: {who} is no longer recognised ({_pct(forget_after)} of their "
                            f"training photos, {_pct(held)} of their held-out photos); others keep "
-                           f"{_pct(retain_after)}.")
+                           f"{_pct(retain_after)}." + _attacks_agree(attacks))
         return Verdict("still_recognised", False,
                        f"Still recognised: the model still names {who} on {_pct(forget_after)} of "
                        f"their training photos and {_pct(held)} of their held-out photos.", advice)
@@ -204,3 +204,16 @@ def _unconfirmed(who: str, unlearned: dict) -> Verdict | None:
                    f"{RETRAINED_RELEARN_MOST:.0%}: only a comparison with retraining can say "
                    f"whether this is forgetting.",
                    ["compare with retraining on the Audit page (or --compare retrain)"])
+
+
+def _attacks_agree(attacks: dict | None) -> str:
+    """What the attacks add to a "forgotten" headline (empty when none were run)."""
+    if not attacks or not attacks.get("unlearned"):
+        return ""
+    if attacks.get("retrained"):
+        return " The attacks (margin, offset, relearning) agree with a model retrained without them."
+    relearned = _steps(attacks["unlearned"].get("relearned"))
+    if not relearned:
+        return ""
+    return (f" Relearning brings back {relearned[max(relearned)]:.0%} of their photos; margin and "
+            f"offset are read against retraining on the Audit page.")

@@ -283,16 +283,18 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
 
 def _optimum_removal(model, forget, retain, held_out, config, lam, on_progress, timings, shard,
                      slices, selected, diagnostics):
-    """``step_rule="optimum"``: the block is the selected slices and the whole head; the head
-    goes to the retained optimum (:mod:`.optimum_step`), after the v2 targeted step on the
-    selected slices outside the head when ``config.feature_step``. Rank 0 decides and solves;
-    every rank receives the same block."""
+    """``step_rule="optimum"``: the head goes to the retained optimum (:mod:`.optimum_step`),
+    after the v2 targeted step on the selected slices outside the head when
+    ``config.feature_step``. The block (what ``parameters_updated`` counts and
+    ``noise_on="block"`` perturbs) is what moves: the whole head, plus those slices only with
+    ``feature_step``. Rank 0 decides and solves; every rank receives the same block."""
     tick = time.perf_counter()
     head = head_name(model)
     by_ref = {(s.module, s.index): s for s in slices}
     outside = [s for s in selected if s.module != head]
     head_refs = [s for s in slices if s.module == head]
-    rows = slice_parameter_rows(model, [by_ref[(s.module, s.index)] for s in outside] + head_refs)
+    moved = outside if config.feature_step else []        # the slices outside the head move only then
+    rows = slice_parameter_rows(model, [by_ref[(s.module, s.index)] for s in moved] + head_refs)
     start = model
     if config.feature_step and outside:
         emit(on_progress, "newton", 0.0, f"step on the {len(outside)} selected slice(s) outside the head")
