@@ -296,8 +296,11 @@ def test_the_default_removes_and_the_v2_step_is_caught_hiding(person_12):
         assert set(record.attacks) >= {"before", "unlearned", "relearn_protocol", "held_out"}
     before = deep.attacks["before"]
     assert before["margin_auc"] == 1.0 and before["relearned"]["10"] == 1.0
-    # The engine-v2 step lowers one output: a few steps on unseen photos bring the person back
-    assert shallow.verdict.status == "hidden", shallow.verdict.headline
+    # The engine-v2 step lowers one output: a few steps on unseen photos bring the person back.
+    # Without a reference that is never "forgotten" (75% back: as much as the worst retraining
+    # measured, so "unconfirmed"); against a retrained model it is "hidden" (next test).
+    assert shallow.verdict.status in ("hidden", "unconfirmed") and not shallow.verdict.ok, \
+        shallow.verdict.headline
     assert shallow.attacks["unlearned"]["relearned"]["10"] >= 0.5
     # The head at the retained optimum leaves nothing that relearning or an offset restores cheaply
     assert deep.verdict.status == "forgotten", deep.verdict.headline

@@ -24,10 +24,10 @@ from lcodec_models import ZOO, Checkpoint, Recipe, state_hash
 DATASET_LABELS = {"olivetti": "Olivetti faces (40 people)", "mnist": "MNIST digits (10 classes)"}
 MODEL_LABELS = {
     "small_cnn": "small CNN (35k parameters, trains in ~30 s on 2 cores)",
-    # measured in docs/BENCHMARKS.md, "ResNet-18 identity removal (issue 14)", on 2 cores at load 2
-    # (retraining 28-47 s there; the first training took up to 8 min on a busy machine; a removal
-    # 8-12 s end to end)
-    "resnet18": "ResNet-18 (11M parameters; trains once in ~1-8 min on 2 cores; a removal ~8-12 s)",
+    # measured in docs/BENCHMARKS.md, "Engine v3" (ResNet-18: engine 3.1-3.7 s, with the evaluation
+    # and the attacks 8.5-10.4 s) and "ResNet-18 identity removal (issue 14)" (training: the first
+    # took up to 8 min on a busy machine), 2 cores
+    "resnet18": "ResNet-18 (11M parameters; trains once in ~1-8 min on 2 cores; a removal ~9-11 s)",
     "logreg": "logistic regression",
     "mlp": "one-hidden-layer MLP",
 }
