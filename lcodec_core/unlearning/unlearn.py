@@ -309,13 +309,17 @@ def _optimum_removal(model, forget, retain, held_out, config, lam, on_progress, 
         start = _with_params(model, objective.full_state(v_new, model))
     emit(on_progress, "newton", 0.5, f"moving the head ({head}) to the retained optimum")
 
-    def solve():
+    def solve():      # rank 0 solves; only the head's new weights travel to the other ranks
         new_model, report, clocks = retained_optimum_head(start, forget, retain, lam,
                                                           feature_slices=outside,
                                                           feature_step=config.feature_step)
-        return {k: v.detach() for k, v in new_model.named_parameters()}, report, clocks
-    params, report, clocks = shard.from_rank0(solve, "head optimum")   # one solve, every rank the same
+        head_params = {k: v.detach().cpu() for k, v in new_model.named_parameters()
+                       if k.startswith(head + ".")}
+        return head_params, report, clocks
+    head_params, report, clocks = shard.from_rank0(solve, "head optimum")
     timings.update(clocks)
+    params = {k: v.detach() for k, v in start.named_parameters()}
+    params.update({k: v.to(params[k].device) for k, v in head_params.items()})
     new_model = _with_params(model, params)
     diagnostics["step"] = report.to_dict()
     timings["newton_s"] = time.perf_counter() - tick
