@@ -195,6 +195,38 @@ def test_the_cli_with_two_workers_records_the_one_process_removal(trained_small_
     assert two["diagnostics"]["parallel"]["workers"] == 2
 
 
+def _error_on_rank(shard: RetainedShard, folder: str, on_progress=None) -> str:
+    """A removal whose selection fails on rank 0 (a model with constant output: the loss does
+    not vary under the perturbations). Every rank records the error it saw, then returns."""
+    import os
+    torch.set_num_threads(1)
+    _, forget, retain, held_out = _problem()
+    model = TinyNet()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    try:
+        unlearn(model, forget, retain, _config({}), weight_decay=LAM, held_out=held_out, shard=shard)
+        message = "no error"
+    except ValueError as error:
+        message = f"{type(error).__name__}: {error}"
+    with open(os.path.join(folder, f"rank{shard.rank}.txt"), "w") as handle:
+        handle.write(message)
+    return message
+
+
+def test_an_error_on_rank_0_ends_every_rank_with_the_same_message(tmp_path):
+    """Rank 0 probes and selects alone; an error there must reach the other ranks (they would
+    otherwise wait for the selection until the process group's timeout)."""
+    import time
+    start = time.monotonic()
+    message = run_on_workers(_error_on_rank, (str(tmp_path),), workers=2)
+    assert time.monotonic() - start < 120
+    seen = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert seen[0] == seen[1] == message and message.startswith("ValueError")
+    assert "varies under the perturbations" in message
+
+
 @pytest.mark.parametrize("workers, message", [
     (0, "must be >= 1"), (-2, "must be >= 1"), (2.0, "whole number"), (True, "whole number"),
     (69, "must not exceed the retained rows"),

@@ -226,31 +226,32 @@ def _block_newton_removal(model, forget, retain, held_out, config, lam, on_progr
     assert method in SELECTION_METHODS
     diagnostics: dict = {}
 
-    tick = time.perf_counter()
-    if method != "all" and shard.rank == 0:   # forget set only: rank 0 probes and selects, then sends
-        emit(on_progress, "probe", 0.0,
-              f"probing {len(forget)} image(s) x {config.num_perturbations} perturbations")
-        table = probe(model, forget.images, forget.targets, num_perturbations=config.num_perturbations,
-                      perturbation_std=config.perturbation_std, seed=config.seed,
-                      batch_size=config.batch_size)
-    else:
+    def probe_and_select():
+        """Rank 0 alone probes (the forget set only) and selects; an error here reaches every
+        rank through ``from_rank0`` instead of leaving the others waiting for the block."""
+        tick = time.perf_counter()
         table = None
-    timings["probe_s"] = time.perf_counter() - tick
+        if method != "all":
+            emit(on_progress, "probe", 0.0,
+                 f"probing {len(forget)} image(s) x {config.num_perturbations} perturbations")
+            table = probe(model, forget.images, forget.targets,
+                          num_perturbations=config.num_perturbations,
+                          perturbation_std=config.perturbation_std, seed=config.seed,
+                          batch_size=config.batch_size)
+        probe_s, tick = time.perf_counter() - tick, time.perf_counter()
+        emit(on_progress, "select", 0.0, f"selecting slices ({method})")
+        if table is None:
+            chosen = [SelectedSlice(s.module, s.index, float("nan"), i) for i, s in enumerate(slices)]
+            info = {"candidates": len(slices), "stopped_because": "all slices"}
+        else:
+            chosen, info = select_slices(table, slices, method, max_slices=config.max_slices,
+                                         seed=config.seed, pooling=config.probe_pooling)
+            if config.class_units and method in ("lfoci", "top1"):
+                chosen = _with_class_units(model, chosen, slices, forget, retain, info)
+        return chosen, info, probe_s, time.perf_counter() - tick
 
-    tick = time.perf_counter()
-    emit(on_progress, "select", 0.0, f"selecting slices ({method})")
-    if table is None:
-        selected = [SelectedSlice(s.module, s.index, float("nan"), i) for i, s in enumerate(slices)]
-        diagnostics["selection"] = {"candidates": len(slices), "stopped_because": "all slices"}
-    else:
-        selected, diagnostics["selection"] = select_slices(
-            table, slices, method, max_slices=config.max_slices, seed=config.seed,
-            pooling=config.probe_pooling)
-        if config.class_units and method in ("lfoci", "top1"):
-            selected = _with_class_units(model, selected, slices, forget, retain, diagnostics["selection"])
-    selected, diagnostics["selection"] = shard.from_rank0(
-        lambda: (selected, diagnostics["selection"]), "selection")   # the same block on every rank
-    timings["select_s"] = time.perf_counter() - tick
+    selected, diagnostics["selection"], timings["probe_s"], timings["select_s"] = \
+        shard.from_rank0(probe_and_select, "selection")   # the same block on every rank, or the same error
     emit(on_progress, "select", 1.0, f"{len(selected)} slice(s) selected")
     if config.step_rule == "optimum":
         return _optimum_removal(model, forget, retain, held_out, config, lam, on_progress, timings,
