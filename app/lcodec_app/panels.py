@@ -150,8 +150,8 @@ def result_panel(bench: Workbench, removal: Removal, chart_key: str) -> None:
     st.plotly_chart(charts.accuracy_bars({"original": removal.before, "unlearned": removal.after}),
                     key=chart_key, config={"displayModeBar": False})
     explain("Each pair of bars is one group of photos: grey before the removal, red after. "
-            "Forgetting worked when the red bar drops for the forgotten photos and stays put "
-            "for everything else.")
+            "The red bar should drop for the forgotten photos and stay put for everything else; "
+            "that alone can hide a person rather than remove them: the attacks below tell which.")
     result = removal.result
     timings = result.timings
     st.markdown(f"**Guarantee**: {guarantee_text(result)}.")

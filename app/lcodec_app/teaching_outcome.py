@@ -114,9 +114,9 @@ def optimum_lines(step: dict, attacks: dict | None = None) -> list[str]:
             f"constant that brings every forgotten photo back is now "
             f"{number(after.get('offset_constant'), '.1f')}, and it would also call "
             f"{after.get('offset_flipped')} of {after.get('offset_others')} other photos them. "
-            f"A model retrained without them needs a large constant too and calls many others "
-            f"them: compare on the Audit page.")
-    lines.append(f"- **The slices L-FOCI picked**: {SLICES_MEASURED}")
+            f"Read these beside a model retrained without them (the Audit page trains one): "
+            f"the removal is deep when they match, whatever the numbers are.")
+    lines.append(f"- **The selected slices**: {SLICES_MEASURED}")
     return lines
 
 

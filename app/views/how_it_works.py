@@ -86,9 +86,12 @@ elif selected:
     st.markdown(teaching.selection_text(selected, result.diagnostics.get("selection"),
                                         removal.config.max_slices))
     st.plotly_chart(teaching.selection_figure(selected), key="how_selection", **chart)
+    step_rule = (result.diagnostics.get("step") or {}).get("rule")
     explain("Each bar is one picked slice, in the order it was picked; its height is how much "
-            "it told about the loss when it was added (later picks add less). Only these "
-            "slices' weights change.")
+            "it told about the loss when it was added (later picks add less). "
+            + ("With the default step they show what carries the person; what moves is the "
+               "model's last layer (section 5)." if step_rule == "retained_optimum" else
+               "Only these slices' weights change."))
     st.page_link("views/slices.py", label="See these slices in the model", icon=":material/grid_on:")
 else:
     st.markdown(teaching.selection_text(selected, result.diagnostics.get("selection"),
