@@ -122,8 +122,11 @@ def test_ledger_page_shows_the_removal_and_no_guarantee(removed, ledger_path):
     assert list(table["removed"]) == [f"person {FORGET_ID:02d} (8 photos)"]
     assert list(table.columns[:6]) == ["id", "time (UTC)", "removed", "method", "outcome",
                                        "guarantee"]
-    forgotten = removed.session_state["workbench"].history[-1].after["forget_accuracy"]
-    assert list(table["outcome"]) == [f"forgotten, {forgotten:.1%} recognised"]
+    removal = removed.session_state["workbench"].history[-1]
+    forgotten = removal.after["forget_accuracy"]
+    relearned = removal.attacks["unlearned"]["relearned"]["10"]
+    assert list(table["outcome"]) == [f"forgotten, {forgotten:.1%} recognised, "
+                                      f"{relearned:.0%} back after 10 relearning steps"]
     assert list(table["guarantee"]) == ["no noise, no guarantee"]
     assert list(table["epsilon"]) == ["no guarantee"]
     assert any("no guarantee: 1 of 1 removal" in m.value for m in removed.markdown)

@@ -90,14 +90,27 @@ def delta_text(cost: PrivacyCost) -> str:
 
 
 def outcome_text(row: LedgerRow) -> str:
-    """The verdict recorded with a removal and the forgotten photos' accuracy after it,
-    e.g. "forgotten, 0.0% recognised" ("not judged" for rows recorded without a verdict)."""
+    """The verdict recorded with a removal, the forgotten photos' accuracy after it and the
+    relearning attack (a person) or the loss attack (photos), e.g. "forgotten, 0.0% recognised,
+    0% back after 10 relearning steps" ("not judged" for rows recorded without a verdict)."""
     metrics = row.metrics or {}
     status = (metrics.get("verdict") or {}).get("status")
     after = (metrics.get("unlearned") or {}).get("forget_accuracy")
     accuracy = (f"{after:.1%} recognised" if isinstance(after, (int, float)) and math.isfinite(after)
                 else "accuracy n/a")
-    return f"{status.replace('_', ' ') if status else 'not judged'}, {accuracy}"
+    return f"{status.replace('_', ' ') if status else 'not judged'}, {accuracy}" + _attack_text(metrics)
+
+
+def _attack_text(metrics: dict) -> str:
+    """The attack the verdict leaned on most, recorded with the row ("" for rows without)."""
+    unlearned = (metrics.get("attacks") or {}).get("unlearned") or {}
+    if unlearned.get("kind") == "identity":
+        relearned = unlearned.get("relearned") or {}
+        late = relearned.get("10", relearned.get(10))
+        return "" if late is None else f", {late:.0%} back after 10 relearning steps"
+    if unlearned.get("kind") == "photos" and unlearned.get("loss_auc") is not None:
+        return f", loss-attack AUC {unlearned['loss_auc']:.2f}"
+    return ""
 
 
 ROW_COLUMNS = ["id", "time (UTC)", "removed", "method", "outcome", "guarantee", "epsilon",
