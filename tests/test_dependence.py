@@ -8,6 +8,8 @@ the ranks, the neighbour search, the integer sums and the batching at once.
 
 from __future__ import annotations
 
+import math
+
 
 import numpy as np
 import pytest
@@ -437,10 +439,17 @@ def test_codec_unconditional_is_exact_without_tied_neighbours(inputs):
     hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=3, max_side=4), elements=finite | st.just(np.inf)),
 )
 def test_bad_inputs_raise_value_errors_only(y, z):
+    """Whatever comes in, ``codec`` either raises ValueError with a message or returns a finite
+    float, and it returns only for finite numeric input with at least 3 rows."""
     try:
-        codec(y, z, rng=0)
-    except ValueError:
-        pass
+        value = codec(y, z, rng=0)
+    except ValueError as error:
+        assert str(error)
+        return
+    assert isinstance(value, float) and math.isfinite(value)
+    y_values, z_values = np.asarray(y, dtype=np.float64), np.asarray(z, dtype=np.float64)
+    assert np.isfinite(y_values).all() and np.isfinite(z_values).all()
+    assert y_values.size >= 3 and len(y_values) == len(z_values)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

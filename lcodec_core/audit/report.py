@@ -191,9 +191,8 @@ def write_audit_report(report: dict, out_dir: str | Path, *, charts: bool = True
         "",
         "## Accuracy", "", *_table(audit, ACCURACIES), "",
         "## Membership inference", "",
-        "The loss attack is a logistic regression on log per-sample loss, fitted on retained "
-        "images (members) against half of the held-out images, and scored by ROC AUC on the "
-        "forget set against the other half. MIA-efficacy is the confidence-SVC attack of "
+        "The loss attack reads a lower per-sample loss as membership and is scored by ROC AUC "
+        "on the forget set against half of the held-out images. MIA-efficacy is the confidence-SVC attack of "
         "Sparse/SalUn: the share of the forget set it calls non-members. For a whole identity "
         "the retrained model misclassifies the forget set, so its AUC sits well below 0.5; "
         "the target is the retrained value.", "",
