@@ -92,14 +92,8 @@ def non_member_control(checkpoint, bundle, request, config, real_step_norm) -> d
     its step norm over the real removal's. It moves next to nothing only when the pipeline
     reacts to membership, not to the photos themselves."""
     fake = _non_members(bundle, request)
-    train = bundle.train
-    result = unlearn(checkpoint.model, fake, train, config, recipe=checkpoint.recipe)
-    step = result.diagnostics.get("step") or {}
-    norm = step.get("step_norm")
-    if norm is None:
-        before = dict(checkpoint.model.named_parameters())
-        norm = sum(float((p.detach() - before[k].detach()).double().pow(2).sum())
-                   for k, p in result.model.named_parameters()) ** 0.5
+    result = unlearn(checkpoint.model, fake, bundle.train, config, recipe=checkpoint.recipe)
+    norm = _step_norm(checkpoint.model, result.model)     # measured as the real step is
     return {"step_norm": norm, "real_step_norm": real_step_norm,
             "ratio": norm / real_step_norm if real_step_norm else None}
 

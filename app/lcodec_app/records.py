@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lcodec_core.audit.attacks import last_relearned
 from lcodec_core.ledger import (Ledger, LedgerError, LedgerRow, PrivacyCost, RemovalEntry,
                                 privacy_cost, entry_from_record)
 
@@ -105,9 +106,8 @@ def _attack_text(metrics: dict) -> str:
     """The attack the verdict leaned on most, recorded with the row ("" for rows without)."""
     unlearned = (metrics.get("attacks") or {}).get("unlearned") or {}
     if unlearned.get("kind") == "identity":
-        relearned = unlearned.get("relearned") or {}
-        late = relearned.get("10", relearned.get(10))
-        return "" if late is None else f", {late:.0%} back after 10 relearning steps"
+        last = last_relearned(unlearned)
+        return "" if last is None else f", {last[1]:.0%} back after {last[0]} relearning steps"
     if unlearned.get("kind") == "photos" and unlearned.get("loss_auc") is not None:
         return f", loss-attack AUC {unlearned['loss_auc']:.2f}"
     return ""

@@ -12,6 +12,7 @@ import math
 
 import plotly.graph_objects as go
 
+from lcodec_core.audit.attacks import last_relearned
 from lcodec_core.unlearning.guarantee import GUARANTEES
 from lcodec_core.unlearning.step_rule import target_status
 
@@ -105,12 +106,11 @@ def optimum_lines(step: dict, attacks: dict | None = None) -> list[str]:
         f"the removal, not from a model that was not at its optimum to begin with.",
     ]
     before, after = (attacks or {}).get("before"), (attacks or {}).get("unlearned")
-    if before and after and after.get("kind") == "identity":
-        relearned_before = (before.get("relearned") or {}).get("10")
-        relearned_after = (after.get("relearned") or {}).get("10")
+    if before and after and last_relearned(before) and last_relearned(after):
+        (steps, relearned_before), (_, relearned_after) = last_relearned(before), last_relearned(after)
         lines.append(
             f"- **Hidden or removed, on this removal**: before, {pct(relearned_before)} of their "
-            f"photos were named after 10 relearning steps; now {pct(relearned_after)}. The "
+            f"photos were named after {steps} relearning steps; now {pct(relearned_after)}. The "
             f"constant that brings every forgotten photo back is now "
             f"{number(after.get('offset_constant'), '.1f')}, and it would also call "
             f"{after.get('offset_flipped')} of {after.get('offset_others')} other photos them. "

@@ -105,6 +105,18 @@ def relearn_attack(model: nn.Module, forgotten: ImageDataset, person_held_out: I
     return results
 
 
+def relearned_shares(attack: dict) -> dict[int, float]:
+    """An attack result's ``relearned`` as {steps: share}, steps as ints (JSON keeps them as
+    strings); {} when it has none (scattered photos, no held-out photo of the person)."""
+    return {int(k): float(v) for k, v in (attack.get("relearned") or {}).items()}
+
+
+def last_relearned(attack: dict) -> tuple[int, float] | None:
+    """(steps, share) at the longest relearning run of an attack result, or None."""
+    shares = relearned_shares(attack)
+    return (max(shares), shares[max(shares)]) if shares else None
+
+
 def identity_attacks(model: nn.Module, k: int, forgotten: ImageDataset, others: ImageDataset,
                      person_held_out: ImageDataset, retain: ImageDataset, *,
                      relearn: bool = True) -> dict:

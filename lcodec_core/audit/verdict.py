@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from .attacks import last_relearned, relearned_shares
+
 FORGET_ACCURACY_MAX = 0.05
 FORGET_HELD_OUT_MAX = 0.10
 RETAIN_SHARE_MIN = 0.99
@@ -62,10 +64,6 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.0%}"
 
 
-def _steps(relearned: dict) -> dict[int, float]:
-    return {int(k): float(v) for k, v in (relearned or {}).items()}
-
-
 def attack_findings(unlearned: dict, reference: dict | None = None, *,
                     margin_spread: float = 0.0) -> list[str]:
     """Each way the attacks on the unlearned model tell it from retraining, in words (empty:
@@ -80,13 +78,13 @@ def attack_findings(unlearned: dict, reference: dict | None = None, *,
                 found.append(f"a loss attack separates them from held-out photos with AUC {auc:.2f} "
                              f"(retrained {ref:.2f})")
         return found
-    relearned = _steps(unlearned.get("relearned"))
+    relearned = relearned_shares(unlearned)
     constant, flipped = unlearned.get("offset_constant"), unlearned.get("offset_flipped")
     others = unlearned.get("offset_others")
     if reference is None:
-        late = relearned.get(max(relearned)) if relearned else None
-        if late is not None and late > RETRAINED_RELEARN_MOST:
-            found.append(f"{late:.0%} of their forgotten photos come back after {max(relearned)} "
+        last = last_relearned(unlearned)
+        if last is not None and last[1] > RETRAINED_RELEARN_MOST:
+            found.append(f"{last[1]:.0%} of their forgotten photos come back after {last[0]} "
                          f"relearning steps on photos of them it never saw (retrained models: "
                          f"at most {RETRAINED_RELEARN_MOST:.0%})")
         return found
@@ -101,7 +99,7 @@ def attack_findings(unlearned: dict, reference: dict | None = None, *,
         found.append(f"adding {constant:.1f} to their output brings every forgotten photo back and "
                      f"calls {flipped} of {others} others them (retrained: {ref_constant:.1f}, "
                      f"{ref_flipped})")
-    ref_relearned = _steps(reference.get("relearned"))
+    ref_relearned = relearned_shares(reference)
     for steps, share in sorted(relearned.items()):
         if steps in ref_relearned and share > ref_relearned[steps] + RELEARN_EXCESS_MAX:
             found.append(f"{share:.0%} of their forgotten photos come back after {steps} relearning "
@@ -145,7 +143,7 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
         held = after.get("forget_test_accuracy", float("nan"))
         held_ok = not math.isfinite(held) or held <= FORGET_HELD_OUT_MAX
         if forget_after <= FORGET_ACCURACY_MAX and held_ok:
-            hidden = _hidden(who, attacks)
+            hidden = _attack_verdict(who, attacks)
             if hidden is not None:
                 return hidden
             return Verdict("forgotten", True,
@@ -156,7 +154,7 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
                        f"Still recognised: the model still names {who} on {_pct(forget_after)} of "
                        f"their training photos and {_pct(held)} of their held-out photos.", advice)
     if step is not None and step.get("target_met"):
-        hidden = _hidden(who, attacks)
+        hidden = _attack_verdict(who, attacks)
         if hidden is not None:
             return hidden
         if step.get("rule") == "retained_optimum":
@@ -173,8 +171,9 @@ def judge(before: dict, after: dict, *, identity: int | None, changed: bool = Tr
                    f"({_pct(forget_after)} recognised; the step's target was not met).", advice)
 
 
-def _hidden(who: str, attacks: dict | None) -> Verdict | None:
-    """A "hidden" verdict when the attacks tell the unlearned model from retraining."""
+def _attack_verdict(who: str, attacks: dict | None) -> Verdict | None:
+    """"hidden" when the attacks tell the unlearned model from retraining, "unconfirmed"
+    when without a reference they cannot tell; None when they agree with a removal."""
     if not attacks or not attacks.get("unlearned"):
         return None
     reference = attacks.get("retrained")
@@ -193,13 +192,12 @@ def _hidden(who: str, attacks: dict | None) -> Verdict | None:
 def _unconfirmed(who: str, unlearned: dict) -> Verdict | None:
     """Without a reference: relearning above what retrained models usually show, but not above
     the most any did, cannot be judged either way until compared with retraining."""
-    relearned = _steps(unlearned.get("relearned"))
-    late = relearned.get(max(relearned)) if relearned else None
-    if late is None or late <= RETRAINED_RELEARN_USUAL:
+    last = last_relearned(unlearned)
+    if last is None or last[1] <= RETRAINED_RELEARN_USUAL:
         return None
     return Verdict("unconfirmed", False,
-                   f"Not confirmed: {who} is no longer predicted, but {late:.0%} of their forgotten "
-                   f"photos come back after {max(relearned)} relearning steps. Retrained models "
+                   f"Not confirmed: {who} is no longer predicted, but {last[1]:.0%} of their forgotten "
+                   f"photos come back after {last[0]} relearning steps. Retrained models "
                    f"usually bring back at most {RETRAINED_RELEARN_USUAL:.0%} and at worst "
                    f"{RETRAINED_RELEARN_MOST:.0%}: only a comparison with retraining can say "
                    f"whether this is forgetting.",
@@ -212,8 +210,8 @@ def _attacks_agree(attacks: dict | None) -> str:
         return ""
     if attacks.get("retrained"):
         return " The attacks (margin, offset, relearning) agree with a model retrained without them."
-    relearned = _steps(attacks["unlearned"].get("relearned"))
-    if not relearned:
+    last = last_relearned(attacks["unlearned"])
+    if last is None:
         return ""
-    return (f" Relearning brings back {relearned[max(relearned)]:.0%} of their photos; margin and "
+    return (f" Relearning brings back {last[1]:.0%} of their photos; margin and "
             f"offset are read against retraining on the Audit page.")
